@@ -1,4 +1,4 @@
-"""Packaging from settings.ini (nbdev 2.4 convention); job notebooks ship inside the wheel as `codecomplete.jobs`."""
+"""Packaging from settings.ini (nbdev 2.4 convention); job notebooks ship inside the wheel as `codecomplete.job_notebooks`."""
 from configparser import ConfigParser
 import setuptools, shlex
 
@@ -15,8 +15,8 @@ setuptools.setup(
     name=cfg['lib_name'], version=cfg['version'], license=lic[0],
     classifiers=['Development Status :: ' + statuses[int(cfg['status'])], 'Intended Audience :: Developers',
                  'License :: ' + lic[1], 'Natural Language :: English', 'Programming Language :: Python :: 3'],
-    url=cfg['git_url'], packages=setuptools.find_packages(include=['codecomplete', 'codecomplete.*']) + ['codecomplete.jobs'],
-    package_dir={'codecomplete.jobs': 'nbs/jobs'}, package_data={'codecomplete.jobs': ['*.ipynb']},
+    url=cfg['git_url'], packages=setuptools.find_packages(include=['codecomplete', 'codecomplete.*']) + ['codecomplete.job_notebooks'],
+    package_dir={'codecomplete.job_notebooks': 'nbs/jobs'}, package_data={'codecomplete.job_notebooks': ['*.ipynb']},
     include_package_data=True, install_requires=requirements,
     extras_require={'jobs': jobs_requirements, 'dev': jobs_requirements + dev_requirements},
     dependency_links=cfg.get('dep_links', '').split(), python_requires='>=' + cfg['min_python'],

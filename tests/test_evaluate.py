@@ -1,0 +1,77 @@
+"""The evaluate stage end to end on a tiny random model: results, samples, model card, resume, bad inputs."""
+import json
+import pytest
+from codecomplete import evaluate as ev
+from codecomplete.complete import save_random_model
+from codecomplete.config import ConfigError
+from codecomplete.pack import sample_run
+
+TINY = dict(bpb_max_bytes=3000, context=64, max_new_tokens=8, fim_max_cases=4, fim_max_new_tokens=4, timeout=5)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    sample_run(run, n_files=8, vocab_size=400)
+    save_random_model(run / "train" / "model", run / "tokenizer")
+    return run
+
+
+def counting_generate(monkeypatch):
+    calls = []
+    real = ev.generate
+    def spy(model, tok, prompts, *args, **kw):
+        calls.append(len(prompts)); return real(model, tok, prompts, *args, **kw)
+    monkeypatch.setattr(ev, "generate", spy)
+    return calls
+
+
+def test_end_to_end_and_resume(run, monkeypatch):
+    cfg = ev.EvaluateConfig(run_dir=str(run), num_problems=3, **TINY)
+    out = ev.evaluate(cfg)
+    results = json.loads((out / "results.json").read_text())
+    assert results["humaneval"]["problems"] == 3 and "pass@1" in results["humaneval"] and "pass@10" not in results["humaneval"]
+    assert results["bpb"]["bits_per_byte"] > 0 and results["fim"]["cases"] == 4
+    lines = (out / "samples.jsonl").read_text().splitlines()
+    assert len(lines) == 3 and (out / "_COMPLETE.json").exists() and (out / "summary.png").exists()
+    card = (run / "train" / "model" / "README.md").read_text()
+    assert card.count("## Evaluation") == 1 and "evaluation.png" in card
+
+    # interrupted after the first sample, mid-way through writing the second: only the missing problems are redone
+    (out / "samples.jsonl").write_text(lines[0] + "\n" + lines[1][:20])
+    (out / "_COMPLETE.json").unlink()
+    calls = counting_generate(monkeypatch)
+    ev.evaluate(cfg.__class__.from_dict({**cfg.to_dict(), "fim_max_cases": 0, "bpb_max_bytes": 0}))
+    assert calls == [1, 1]  # problems 2 and 3, one prompt each
+    again = (out / "samples.jsonl").read_text().splitlines()
+    strip = lambda ls: sorted(json.dumps({k: v for k, v in json.loads(l).items() if k != "duration"}) for l in ls)
+    assert again[0] == lines[0] and strip(again) == strip(lines)  # greedy: the redone samples equal the originals
+    assert (run / "train" / "model" / "README.md").read_text().count("## Evaluation") == 1
+
+
+def test_finished_stage_is_skipped_and_changed_settings_redo_samples(run, monkeypatch):
+    cfg = ev.EvaluateConfig(run_dir=str(run), num_problems=2, **{**TINY, "fim_max_cases": 0, "bpb_max_bytes": 0})
+    ev.evaluate(cfg)
+    calls = counting_generate(monkeypatch)
+    ev.evaluate(cfg)
+    assert calls == []  # finished and current: skipped
+    ev.evaluate(ev.EvaluateConfig.from_dict({**cfg.to_dict(), "max_new_tokens": 9}))
+    assert calls == [1, 1]  # samples made with other settings are not reused
+    records = [json.loads(l) for l in (run / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert len(records) == 2 and len({r["key"] for r in records}) == 1
+
+
+def test_sampling_several_per_problem(run):
+    cfg = ev.EvaluateConfig(run_dir=str(run), num_problems=1, num_samples=10, temperature=0.8, force=True,
+                            **{**TINY, "fim_max_cases": 0, "bpb_max_bytes": 0})
+    results = json.loads((ev.evaluate(cfg) / "results.json").read_text())
+    assert set(results["humaneval"]) >= {"pass@1", "pass@10"} and "pass@100" not in results["humaneval"]
+    assert sum(results["humaneval"]["outcomes"].values()) == 10
+
+
+def test_bad_inputs_fail_before_any_work(tmp_path, run):
+    with pytest.raises(ConfigError, match="no model at"): ev.evaluate(ev.EvaluateConfig(run_dir=str(tmp_path)))
+    with pytest.raises(ConfigError, match="no test split"):
+        ev.evaluate(ev.EvaluateConfig(run_dir=str(tmp_path), model_dir=str(run / "train" / "model")))
+    assert not (tmp_path / "eval").exists()
+    with pytest.raises(ConfigError, match="164"): ev.EvaluateConfig(num_problems=200)

@@ -1,0 +1,85 @@
+"""The job runner: papermill execution, fail-fast config errors, failing cells, skip/redo, kill and rerun."""
+import json, os, signal, subprocess, sys, time
+from pathlib import Path
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+CLI = [str(Path(sys.executable).parent / "codecomplete")]
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    "A tiny source tree of three packages."
+    src = tmp_path / "src"
+    for pkg in ("alpha", "beta", "gamma"):
+        for i in range(4):
+            f = src / pkg / f"mod_{i}.py"
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_text(f'"""Module {pkg} {i}."""\n\ndef {pkg}_{i}(x):\n    return x * {i} + len("{pkg}")\n' * (i + 1)
+                         + "".join(f"\ndef helper_{pkg}_{i}_{j}(value):\n    return value ** {j}\n" for j in range(i + 2)))
+    return src
+
+
+def cli(*args, cwd, check=True):
+    out = subprocess.run(CLI + list(args), cwd=cwd, capture_output=True, text=True)
+    if check and out.returncode != 0: raise AssertionError(f"exit {out.returncode}\n{out.stdout}\n{out.stderr}")
+    return out
+
+
+def test_run_skip_and_redo(tmp_path, corpus):
+    args = ["run", "curate", "--run", "r1", "-p", f"sources=[{corpus}]", "-p", "card_dir", ""]
+    cli(*args, cwd=tmp_path)
+    run_dir = tmp_path / "runs" / "r1"
+    executed = run_dir / "jobs" / "01_curate.ipynb"
+    assert executed.exists() and (run_dir / "data" / "_COMPLETE.json").exists()
+    assert json.loads((run_dir / "jobs" / "01_curate.params.json").read_text())["sources"] == [str(corpus)]
+    mtime = executed.stat().st_mtime
+    second = cli(*args, cwd=tmp_path)
+    assert "skipping" in second.stdout and executed.stat().st_mtime == mtime
+    cli(*args, "--force", cwd=tmp_path)
+    assert executed.stat().st_mtime > mtime
+    changed = cli("run", "curate", "--run", "r1", "-p", f"sources=[{corpus}]", "-p", "card_dir=", "-p", "seed=7", cwd=tmp_path)
+    assert "skipping" not in changed.stdout
+
+
+def test_unknown_key_fails_before_any_kernel(tmp_path):
+    out = cli("run", "curate", "--run", "r2", "-p", "langauges=python", cwd=tmp_path, check=False)
+    assert out.returncode == 2
+    assert "did you mean 'languages'" in out.stderr and "valid keys" in out.stderr
+    assert not (tmp_path / "runs" / "r2" / "jobs" / "01_curate.ipynb").exists()
+
+
+def test_failing_cell_names_stage_cell_and_error_and_keeps_notebook(tmp_path):
+    out = cli("run", "curate", "--run", "r3", "-p", f"sources=[{tmp_path / 'missing'}]", "-p", "card_dir=", cwd=tmp_path, check=False)
+    assert out.returncode == 1
+    assert "job 'curate' failed in cell" in out.stderr and "missing" in out.stderr
+    kept = tmp_path / "runs" / "r3" / "jobs" / "01_curate.ipynb"
+    assert kept.exists() and "missing" in kept.read_text()
+    assert not (tmp_path / "runs" / "r3" / "data" / "_COMPLETE.json").exists()
+
+
+def test_plain_papermill_cli_runs_the_job_and_rejects_misspelt_parameters(tmp_path, corpus):
+    nb = ROOT / "nbs" / "jobs" / "01_curate.ipynb"
+    pm = [sys.executable, "-m", "papermill", "--no-progress-bar"]
+    ok = subprocess.run(pm + [str(nb), str(tmp_path / "out.ipynb"), "-p", "run_dir", str(tmp_path / "pm"),
+                              "-y", f"sources: ['{corpus}']\ncard_dir: ''"], cwd=tmp_path, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert (tmp_path / "pm" / "data" / "_COMPLETE.json").exists()
+    bad = subprocess.run(pm + [str(nb), str(tmp_path / "bad.ipynb"), "-p", "run_dir", str(tmp_path / "pm2"), "-p", "langauges", "python"],
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert bad.returncode != 0 and "did you mean 'languages'" in bad.stderr + bad.stdout
+
+
+def test_killed_job_leaves_nothing_that_looks_finished_and_rerun_completes(tmp_path):
+    args = ["run", "curate", "--run", "r4", "-p", "card_dir=", "-p", "max_files=400"]
+    proc = subprocess.Popen(CLI + args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    data = tmp_path / "runs" / "r4" / "data"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (data / "stage_config.json").exists(): time.sleep(0.2)
+    time.sleep(1.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (data / "_COMPLETE.json").exists()
+    assert not (data / "train").exists() or not any((data / "train").glob("*.parquet"))
+    cli(*args, cwd=tmp_path)
+    assert (data / "_COMPLETE.json").exists() and any((data / "train").glob("*.parquet"))

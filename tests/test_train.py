@@ -1,0 +1,145 @@
+"Train stage: overfitting, process-count invariance, exact resume (stop, SIGKILL, corrupt checkpoint), bad configs."
+import json, os, re, shutil, signal, subprocess, sys, time, warnings
+from pathlib import Path
+import numpy as np, pytest, torch
+from safetensors.torch import load_file
+from codecomplete.config import ConfigError
+from codecomplete.pack import PackConfig, pack, sample_run
+from codecomplete.train import TrainConfig, read_log, train
+
+# Small enough for a loaded 2-core machine: ~1M parameters, 32-token windows, 256 tokens per optimizer step.
+BASE = dict(preset="tiny", seq_len=32, micro_batch=4, batch_tokens=256, max_steps=16, warmup_steps=2, lr=3e-3,
+            log_every=1, eval_every=8, eval_batches=2, save_every=4, keep_checkpoints=2, tensorboard=False)
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory):
+    run = sample_run(tmp_path_factory.mktemp("train") / "packed", n_files=16, vocab_size=512)
+    pack(PackConfig(run_dir=str(run)))
+    return run
+
+def new_run(packed, root, name) -> Path:
+    run = Path(root) / name
+    for sub in ("tokenizer", "tokens"): shutil.copytree(packed / sub, run / sub)
+    return run
+
+def weights(run) -> dict: return load_file(str(Path(run) / "train" / "model" / "model.safetensors"))
+def losses(run) -> list: return [(r["step"], r["loss"]) for r in read_log(run) if "loss" in r]
+
+def assert_same_weights(a, b, atol=0.0):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa: torch.testing.assert_close(wa[k], wb[k], atol=atol, rtol=0, msg=k)
+
+@pytest.fixture(scope="module")
+def straight(packed, tmp_path_factory):
+    run = new_run(packed, tmp_path_factory.mktemp("straight"), "run")
+    train(TrainConfig(run_dir=str(run), **BASE))
+    return run
+
+def run_module(run, *params, check=True):
+    cmd = [sys.executable, "-m", "codecomplete.train", "--run_dir", str(run), *[f"{k}={v}" for k, v in BASE.items()], *params]
+    return subprocess.run(cmd, env=ENV, capture_output=True, text=True, check=check)
+
+def test_overfits_a_small_batch(packed, tmp_path):
+    run = new_run(packed, tmp_path, "overfit")
+    meta = json.loads((run / "tokens" / "train.json").read_text())
+    n = 4 * 32 + 1  # exactly one micro-batch of windows: every step sees the same batch
+    np.fromfile(run / "tokens" / "train.bin", dtype=meta["dtype"])[:n].tofile(run / "tokens" / "train.bin")
+    (run / "tokens" / "train.json").write_text(json.dumps({**meta, "count": n}))
+    train(TrainConfig(run_dir=str(run), **{**BASE, "batch_tokens": 128, "max_steps": 60, "warmup_steps": 5, "lr": 1e-2, "min_lr_ratio": 1.0,
+                                           "save_every": 1000, "eval_every": 1000}))
+    curve = [l for _, l in losses(run)]
+    assert curve[-1] < 0.1 * curve[0], curve
+
+def test_stop_and_resume_equals_straight(packed, straight, tmp_path):
+    run = new_run(packed, tmp_path, "resume")
+    out = train(TrainConfig(run_dir=str(run), **BASE, stop_at_step=8))
+    assert not (out / "_COMPLETE.json").exists() and (out / "checkpoints" / "step-00000008").exists()
+    train(TrainConfig(run_dir=str(run), **BASE))
+    assert losses(run) == losses(straight)
+    assert_same_weights(run, straight)
+
+def test_corrupt_newest_checkpoint_falls_back(packed, straight, tmp_path):
+    run = new_run(packed, tmp_path, "corrupt")
+    train(TrainConfig(run_dir=str(run), **BASE, stop_at_step=10))  # checkpoints at 8 and 10
+    newest = run / "train" / "checkpoints" / "step-00000010" / "model.safetensors"
+    newest.write_bytes(newest.read_bytes()[:1000])
+    with pytest.warns(UserWarning, match="step-00000010 is unusable"):
+        train(TrainConfig(run_dir=str(run), **BASE))
+    assert losses(run) == losses(straight)
+    assert_same_weights(run, straight)
+
+def test_sigkill_then_rerun_equals_straight(packed, straight, tmp_path):
+    run = new_run(packed, tmp_path, "killed")
+    cmd = [sys.executable, "-m", "codecomplete.train", "--run_dir", str(run), *[f"{k}={v}" for k, v in BASE.items()], "max_steps=16"]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    first = run / "train" / "checkpoints" / "step-00000004"
+    deadline = time.time() + 120
+    while not first.exists() and proc.poll() is None and time.time() < deadline: time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL); proc.wait()
+    assert not (run / "train" / "_COMPLETE.json").exists(), "the run finished before it could be killed"
+    run_module(run)
+    assert (run / "train" / "_COMPLETE.json").exists()
+    assert losses(run) == losses(straight)
+    assert_same_weights(run, straight)
+
+def test_sigterm_saves_a_checkpoint(packed, tmp_path):
+    run = new_run(packed, tmp_path, "term")
+    cmd = [sys.executable, "-m", "codecomplete.train", "--run_dir", str(run), *[f"{k}={v}" for k, v in BASE.items()], "max_steps=400", "save_every=1000"]
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (run / "train" / "log.jsonl").exists() and time.time() < deadline: time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 128 + signal.SIGTERM, proc.stderr.read()
+    ckpts = list((run / "train" / "checkpoints").glob("step-*"))
+    assert len(ckpts) == 1 and (ckpts[0] / "MANIFEST.json").exists()
+
+def test_two_processes_equal_one(packed, straight, tmp_path):
+    run = new_run(packed, tmp_path, "two")
+    code = ("import sys; from accelerate import notebook_launcher; from codecomplete.train import TrainConfig, train; "
+            f"notebook_launcher(train, (TrainConfig(run_dir=sys.argv[1], **{BASE!r}),), num_processes=2)")
+    subprocess.run([sys.executable, "-c", code, str(run)], env=ENV, check=True, capture_output=True, text=True)
+    assert json.loads((run / "train" / "stage_config.json").read_text())["config"]["batch_tokens"] == 256
+    assert_same_weights(run, straight, atol=1e-5)
+    for (s1, a), (s2, b) in zip(losses(run), losses(straight), strict=True): assert s1 == s2 and abs(a - b) < 1e-5
+
+def test_model_loads_offline_with_card(straight):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    model_dir = straight / "train" / "model"
+    model, tok = AutoModelForCausalLM.from_pretrained(model_dir), AutoTokenizer.from_pretrained(model_dir)
+    assert model.config.vocab_size % 64 == 0 and model.config.vocab_size >= len(tok)
+    card = (model_dir / "README.md").read_text()
+    assert "tokens seen: 4,096" in card and "validation loss" in card
+    assert not (model_dir / "stage_config.json").exists()
+
+def test_init_from_continues_and_rejects_other_vocab(packed, straight, tmp_path):
+    run = new_run(packed, tmp_path, "finetune")
+    train(TrainConfig(run_dir=str(run), **{**BASE, "max_steps": 4, "init_from": str(straight / "train" / "model")}))
+    first = losses(run)[0][1]
+    assert first < losses(straight)[0][1] - 1  # starts from the trained weights, not from scratch
+    other = sample_run(tmp_path / "other", n_files=8, vocab_size=300)
+    pack(PackConfig(run_dir=str(other)))
+    with pytest.raises(ConfigError, match="token ids, the run's tokenizer needs"):
+        train(TrainConfig(run_dir=str(other), **{**BASE, "init_from": str(straight / "train" / "model")}))
+
+@pytest.mark.parametrize("params, message", [
+    (dict(seq_len=4096), "longer than preset 'tiny' supports"),
+    (dict(batch_tokens=300), "not a multiple of seq_len*micro_batch"),
+    (dict(preset="125M"), "unknown model preset '125M' (did you mean '125m'?)"),
+    (dict(warmup_steps=16), "warmup_steps=16 must be below max_steps"),
+])
+def test_bad_configs_fail_at_construction(params, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        TrainConfig(**{**BASE, **params})
+
+def test_bad_inputs_fail_before_compute(packed, tmp_path):
+    run = new_run(packed, tmp_path, "missing")
+    shutil.rmtree(run / "tokens")
+    with pytest.raises(ConfigError, match="run the pack stage first"): train(TrainConfig(run_dir=str(run), **BASE))
+    assert not (run / "train").exists()
+    with pytest.raises(ConfigError, match="does not divide among 2 processes"): TrainConfig(**{**BASE, "batch_tokens": 128}).accum_steps(2)
+    run = new_run(packed, tmp_path, "tiny-val")
+    with pytest.raises(ConfigError, match="validation split has"): train(TrainConfig(run_dir=str(run), **{**BASE, "seq_len": 1024, "micro_batch": 64, "batch_tokens": 65536}))
+    result = run_module(run, "micro_bach=2", check=False)
+    assert result.returncode != 0 and "did you mean 'micro_batch'" in result.stderr
