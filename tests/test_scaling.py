@@ -1,0 +1,95 @@
+"""Scaling ladder: the power-law fit on synthetic data, and the ladder end to end on real (tiny) train runs."""
+import json, time
+import numpy as np, pytest, torch
+from codecomplete.config import ConfigError
+from codecomplete.pack import PackConfig, pack, sample_run
+from codecomplete.scaling import LadderConfig, fit_power_law, ladder, power_law
+
+
+@pytest.mark.parametrize("a,b,c", [(2.0, 0.25, 0.8), (5.0, 0.1, 1.5), (0.7, 0.5, 0.3)])
+def test_fit_recovers_known_parameters_from_noisy_data(a, b, c):
+    rng = np.random.default_rng(1)
+    x = np.logspace(10, 15, 10)
+    y = power_law(x / x[0], a, b, c) + rng.normal(0, 0.003, len(x))
+    fit = fit_power_law(x, y)
+    assert fit.b == pytest.approx(b, abs=0.03) and fit.c == pytest.approx(c, abs=0.05) and fit.a == pytest.approx(a, rel=0.1)
+    far = power_law(1e16 / x[0], a, b, c)
+    assert fit.predict([1e16])[0] == pytest.approx(far, rel=0.01)
+
+
+def test_band_covers_the_truth_a_decade_out_most_of_the_time():
+    x, covered, trials = np.logspace(12, 16, 8), 0, 100
+    truth = power_law(1e17 / x[0], 2.0, 0.25, 0.8)
+    for seed in range(trials):
+        y = power_law(x / x[0], 2.0, 0.25, 0.8) + np.random.default_rng(seed).normal(0, 0.005, len(x))
+        low, high = fit_power_law(x, y).band([1e17])
+        covered += low[0] <= truth <= high[0]
+    assert covered >= 0.8 * trials, covered
+
+
+def test_fit_refuses_too_few_or_repeated_points():
+    with pytest.raises(ValueError, match="at least 4 points"): fit_power_law([1, 2, 3], [3, 2, 1])
+    with pytest.raises(ValueError, match="distinct"): fit_power_law([1, 2, 2, 3], [4, 3, 3, 2])
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    "Tiny models train fastest on one thread, and a loaded 2-core machine makes two threads crawl."
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def packed(tmp_path_factory):
+    run = sample_run(tmp_path_factory.mktemp("ladder") / "run", n_files=12, vocab_size=400)
+    pack(PackConfig(run_dir=str(run)))
+    return run
+
+
+def test_ladder_end_to_end_then_resumes_without_retraining(packed, one_thread, capsys):
+    cfg = dict(run_dir=str(packed), models=["dial-1", "dial-2", "dial-3", "dial-4"], tokens_per_param=0.02, predict=["dial-5"],
+               check_prediction=True, seq_len=32, batch_tokens=256, min_steps=4, eval_batches=2)
+    out = ladder(LadderConfig(**cfg))
+    results = json.loads((out / "results.json").read_text())
+    rungs = results["rungs"]
+    assert [r["model"] for r in rungs] == cfg["models"]
+    assert all(r["flops"] < s["flops"] and r["params"] < s["params"] for r, s in zip(rungs, rungs[1:]))
+    assert all(0 < r["val_bpb"] < 10 for r in rungs)
+    for r in rungs + results["checks"]:
+        assert (out / r["model"] / "train" / "_COMPLETE.json").exists() and (out / r["model"] / "train" / "model" / "config.json").exists()
+    assert set(results["fits"]) == {"flops", "params", "tokens"}
+    [pred] = results["predictions"]
+    assert pred["model"] == "dial-5" and pred["low"] <= pred["val_bpb"] <= pred["high"]
+    assert results["checks"][0]["measured"] > 0 and (out / "fit.png").stat().st_size > 10_000
+    assert (out / "_COMPLETE.json").exists()
+
+    # the finished ladder is skipped; with its marker gone, the rungs are skipped and the fit is redone identically
+    capsys.readouterr()
+    ladder(LadderConfig(**cfg))
+    assert "skipping" in capsys.readouterr().out
+    (out / "_COMPLETE.json").unlink()
+    mtime = (out / "dial-4" / "train" / "_COMPLETE.json").stat().st_mtime
+    start = time.time()
+    ladder(LadderConfig(**cfg))
+    assert (out / "dial-4" / "train" / "_COMPLETE.json").stat().st_mtime == mtime and time.time() - start < 30
+    assert json.loads((out / "results.json").read_text())["rungs"] == rungs
+
+
+def test_ladder_without_packed_tokens_fails_clearly(tmp_path):
+    with pytest.raises(ConfigError, match="no packed tokens .* run the pack stage"):
+        ladder(LadderConfig(run_dir=str(tmp_path / "empty")))
+
+
+@pytest.mark.parametrize("params,message", [
+    ({"models": ["dial-1", "dial-2", "dial-3"]}, "at least 4 rungs"),
+    ({"models": ["dial-1", "dial-1", "dial-2", "dial-3"]}, "repeats a model"),
+    ({"models": ["dial-1", "dial-2", "dial-3", "7b"]}, "unknown model preset '7b'"),
+    ({"predict": ["dial-two"]}, "dial-<integer>"),
+    ({"tokens_per_param": 0}, "tokens_per_param=0"),
+    ({"tokens_per_parm": 1}, "did you mean 'tokens_per_param'"),
+])
+def test_bad_ladder_configs_fail_before_any_training(params, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
+        LadderConfig.from_dict(params)
