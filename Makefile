@@ -5,6 +5,11 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RUN    ?= default
+# The main job's settings: a CPU-sized model (cpu-small, ~7 minutes of training on 2 cores) and a CPU-sized evaluation.
+# On a GPU: make pipeline PIPELINE_PARAMS="-p card_dir=data_cards -p preset=125m -p seq_len=1024 -p micro_batch=32 ..."
+PIPELINE_PARAMS ?= -p card_dir=data_cards -p preset=cpu-small -p seq_len=256 -p micro_batch=8 -p batch_tokens=4096 \
+                   -p max_steps=120 -p warmup_steps=10 -p lr=2e-3 -p eval_every=40 -p save_every=40 \
+                   -p bpb_max_bytes=300000 -p max_new_tokens=128 -p fim_max_cases=200
 PARAMS ?=
 NB_WORKERS ?= 2
 PYTEST_WORKERS ?= 2
@@ -20,7 +25,7 @@ $(STAMP): settings.ini setup.py constraints.txt
 
 ## The main job: curate -> tokenizer -> train -> evaluate on the embedded default corpus, into runs/$(RUN)/.
 pipeline: $(STAMP)
-	$(BIN)/codecomplete run pipeline --run $(RUN) -p card_dir=data_cards $(PARAMS)
+	$(BIN)/codecomplete run pipeline --run $(RUN) $(PIPELINE_PARAMS) $(PARAMS)
 
 ## Every test: notebooks in sync with the package, notebook tests (nbdev_test), then pytest.
 test: $(STAMP) check-sync nbtest pytest

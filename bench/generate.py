@@ -1,30 +1,25 @@
 """Generation speed of codecomplete.complete.generate: batch-1 latency of a 32-token completion and batched throughput.
 
 CPU: a random `tiny` model (python bench/generate.py). GPU: python bench/generate.py --device cuda --preset 125m
-(bf16). Imports only torch, transformers and tokenizers (no datasets, no papermill), so it runs on a bare GPU machine.
+(bf16). Imports torch, transformers, tokenizers and pyarrow (no datasets, no papermill), so it runs on a bare GPU machine.
 Greedy decoding with stop sequences off and end-of-text suppressed, so every row generates exactly --new-tokens tokens.
 """
 import argparse, os, time
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+from transformers import PreTrainedTokenizerFast
 from codecomplete.complete import generate
-
-SPECIALS = ["<|endoftext|>", "<|pad|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>"]
-PRESETS = {  # the same shapes as codecomplete.model's presets, repeated so this script needs nothing else
-    "tiny": dict(hidden_size=128, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, intermediate_size=384),
-    "125m": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=4, intermediate_size=2048),
-    "350m": dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=8, intermediate_size=2816),
-}
-
+from codecomplete.model import PRESETS, build_model, model_config
+from codecomplete.tokenizer import SPECIAL_TOKENS
 
 def tokenizer_for(vocab_size: int) -> PreTrainedTokenizerFast:
-    "A byte-level BPE trained on this package's own source, with the project's special tokens."
+    "A byte-level BPE trained on this package's own source, with the project's special tokens (at most `vocab_size` ids)."
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     texts = [open(os.path.join(d, f)).read() for d, _, fs in os.walk(os.path.join(root, "codecomplete")) for f in fs if f.endswith(".py")]
     bpe = Tokenizer(models.BPE()); bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=SPECIALS[0], bos_token=SPECIALS[0], pad_token=SPECIALS[1], additional_special_tokens=SPECIALS[2:])
+    bpe.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=SPECIAL_TOKENS[0], bos_token=SPECIAL_TOKENS[0], pad_token=SPECIAL_TOKENS[1],
+                                   additional_special_tokens=SPECIAL_TOKENS[2:])
 
 
 def main():
@@ -37,12 +32,12 @@ def main():
     tok = tokenizer_for(args.vocab)
     dtype = torch.bfloat16 if args.device.startswith("cuda") else torch.float32
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok) + (-len(tok)) % 64, max_position_embeddings=2048, bos_token_id=tok.bos_token_id,
-                         eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, **PRESETS[args.preset])
-    model = LlamaForCausalLM._from_config(config, attn_implementation="sdpa", dtype=dtype).to(args.device).eval()
+    config = model_config(args.preset, args.vocab)  # the full vocabulary, whatever the size of the small demo tokenizer
+    config.bos_token_id, config.eos_token_id, config.pad_token_id = tok.bos_token_id, tok.eos_token_id, tok.pad_token_id
+    model = build_model(config).to(device=args.device, dtype=dtype).eval()
     params = sum(p.numel() for p in model.parameters())
-    model.generation_config.suppress_tokens = [tok.eos_token_id] + tok.convert_tokens_to_ids(SPECIALS[2:])  # always full length
-    prompt = torch.randint(len(SPECIALS), len(tok), (args.prompt_tokens,), generator=torch.Generator().manual_seed(0)).tolist()
+    model.generation_config.suppress_tokens = [tok.eos_token_id] + tok.convert_tokens_to_ids(SPECIAL_TOKENS[2:])  # always full length
+    prompt = torch.randint(len(SPECIAL_TOKENS), len(tok), (args.prompt_tokens,), generator=torch.Generator().manual_seed(0)).tolist()
 
     def timed(batch):
         generate(model, tok, [prompt] * batch, max_new_tokens=args.new_tokens, batch_size=batch)  # warm-up

@@ -33,7 +33,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np, torch
 from codecomplete.model import model_config, build_model, count_params, flops_per_token
-from codecomplete.pack import SPECIAL_TOKENS, read_meta
+from codecomplete.pack import read_meta
+from codecomplete.tokenizer import SPECIAL_TOKENS
 from codecomplete.train import TrainConfig, train, read_log
 
 cuda = args.device == "cuda"

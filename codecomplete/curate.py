@@ -74,6 +74,7 @@ class CurateConfig(StageConfig):
     shard_bytes: int = setting(256_000_000, "content bytes per output parquet shard")
     row_group_bytes: int = setting(16_000_000, "content bytes per parquet row group (bounds memory)")
     num_workers: int = setting(0, "worker processes (0 = all cores)", affects_output=False)
+    split_repos_by_directory: bool = setting(False, "group a git repository's files by top-level directory instead of keeping the repository whole (to hold out part of a single repository)")
     card_dir: str = setting("", "also copy the data card here (e.g. data_cards); '' = only inside the run", affects_output=False)
 
     def validate(self):
@@ -161,7 +162,8 @@ def _file_items(src: Source, paths, cfg: CurateConfig):
     languages = set(cfg.languages)
     for path, reason in paths:
         rel = path.relative_to(src.path).as_posix() if path != src.path else path.name
-        group = src.name if src.kind == "git" or path == src.path else f"{src.name}/{rel.split('/')[0]}"
+        whole_repo = src.kind == "git" and not cfg.split_repos_by_directory
+        group = src.name if whole_repo or path == src.path else f"{src.name}/{rel.split('/')[0]}"
         lang, _ = language_of(rel)
         reason = reason or ("unsupported_language" if lang is None else None if lang in languages else "language_not_selected")
         yield src.name, rel, group, src.license, str(path), None, reason

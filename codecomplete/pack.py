@@ -11,15 +11,13 @@ import numpy as np
 import torch
 from .config import (ConfigError, StageConfig, setting, stage_dir, should_skip, begin_stage, finish_stage,
                                  atomic_write_text)
+from .tokenizer import SPECIAL_TOKENS
 
 # %% auto #0
-__all__ = ['SPECIAL_TOKENS', 'sample_run', 'load_run_tokenizer', 'special_ids', 'text_encoder', 'fim_split', 'assemble',
-           'doc_rng', 'PackConfig', 'token_dtype', 'split_shards', 'pack_split', 'pack', 'read_meta', 'open_tokens',
-           'doc_starts', 'TokenLoader']
+__all__ = ['sample_run', 'load_run_tokenizer', 'special_ids', 'text_encoder', 'fim_split', 'assemble', 'doc_rng', 'PackConfig',
+           'token_dtype', 'split_shards', 'pack_split', 'pack', 'read_meta', 'open_tokens', 'doc_starts', 'TokenLoader']
 
 # %% ../nbs/04_pack.ipynb #34819c77
-SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>"]
-
 def _record(path: Path, root: Path, group: str) -> dict:
     text = path.read_text(encoding="utf-8")
     data, lines = text.encode(), text.splitlines() or [""]

@@ -296,6 +296,9 @@ def train(cfg: TrainConfig) -> Path:
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not main, desc="train")
     interval_loss, interval_steps, t_last = torch.zeros((), device=acc.device), 0, time.perf_counter()
     try:
+        if step == 0:  # the untrained model's validation loss: the baseline every later figure is read against
+            val = evaluate_loss(model, eval_set, acc)
+            log.write({"step": 0, "val_loss": val, "val_bpb": bits_per_byte(val, plan["validation"])})
         while step < cfg.max_steps:
             for j, batch in enumerate(loader.next_step()):
                 batch = batch.to(acc.device, non_blocking=True)

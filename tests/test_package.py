@@ -6,7 +6,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def run(cmd, **kw):
-    return subprocess.run(cmd, check=True, capture_output=True, text=True, **kw)
+    out = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    assert out.returncode == 0, f"{cmd[:3]} exited {out.returncode}\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}"
+    return out
 
 
 def test_wheel_installs_and_imports_without_nbdev_or_jupyter(tmp_path):
