@@ -5,9 +5,13 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RUN    ?= default
-# The main job's settings: a CPU-sized model (cpu-small, ~7 minutes of training on 2 cores) and a CPU-sized evaluation.
-# On a GPU: make pipeline PIPELINE_PARAMS="-p card_dir=data_cards -p preset=125m -p seq_len=1024 -p micro_batch=32 ..."
-PIPELINE_PARAMS ?= -p card_dir=data_cards -p preset=cpu-small -p seq_len=256 -p micro_batch=8 -p batch_tokens=4096 \
+# The main job's settings, sized for a 2-core CPU (about 11 minutes in all): an 8192-token vocabulary and the tiny preset,
+# trained for 1200 small steps, which on a CPU learns far more than fewer, larger steps of a bigger model (BENCHMARKS.md).
+# On a GPU, see README.md ("On a GPU, and on many") for the 125m settings.
+PIPELINE_PARAMS ?= -p card_dir=data_cards -p vocab_size=8192 -p preset=tiny -p seq_len=256 -p micro_batch=8 \
+                   -p batch_tokens=2048 -p max_steps=1200 -p warmup_steps=50 -p lr=3e-3 -p eval_every=200 -p save_every=200 \
+                   -p bpb_max_bytes=300000 -p max_new_tokens=128 -p fim_max_cases=200
+PARAMS ?= -p card_dir=data_cards -p preset=cpu-small -p seq_len=256 -p micro_batch=8 -p batch_tokens=4096 \
                    -p max_steps=120 -p warmup_steps=10 -p lr=2e-3 -p eval_every=40 -p save_every=40 \
                    -p bpb_max_bytes=300000 -p max_new_tokens=128 -p fim_max_cases=200
 PARAMS ?=

@@ -283,14 +283,19 @@ def examine(item) -> tuple:
     return "kept", record, content_hash(content), signature, [pii[k] for k in PLACEHOLDERS]
 
 # %% ../nbs/01_curate.ipynb #b6a0f035
-def assign_splits(group_bytes: dict[str, int], fractions: dict[str, float], seed: int = 0) -> dict[str, str]:
-    "Map each group to a split: groups in seeded hash order, each to the split with the largest byte deficit."
+def assign_splits(group_bytes: dict[str, int], fractions: dict[str, float], seed: int = 0, max_share: float = 0.5) -> dict[str, str]:
+    "Map each group to a split: groups in seeded hash order, each to the split with the largest byte deficit that it would not dominate."
     total = sum(group_bytes.values())
-    assigned = dict.fromkeys(fractions, 0)
-    out = {}
-    for group in sorted(group_bytes, key=lambda g: hashlib.sha256(f"{seed}\0{g}".encode()).digest()):
-        split = max(fractions, key=lambda s: fractions[s] * total - assigned[s])
-        assigned[split] += group_bytes[group]; out[group] = split
+    target = {s: f * total for s, f in fractions.items()}
+    def assign(share: float) -> dict[str, str]:
+        assigned, out = dict.fromkeys(fractions, 0), {}
+        for group in sorted(group_bytes, key=lambda g: hashlib.sha256(f"{seed}\0{g}".encode()).digest()):
+            fits = [s for s in fractions if s == "train" or group_bytes[group] <= share * target[s]]
+            split = max(fits, key=lambda s: target[s] - assigned[s])
+            assigned[split] += group_bytes[group]; out[group] = split
+        return out
+    out = assign(max_share)
+    if any(f > 0 and s not in out.values() for s, f in fractions.items()): out = assign(float("inf"))  # too few groups: let any group be held out
     return out
 
 # %% ../nbs/01_curate.ipynb #3ab42ac5
