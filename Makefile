@@ -11,9 +11,6 @@ RUN    ?= default
 PIPELINE_PARAMS ?= -p card_dir=data_cards -p vocab_size=8192 -p preset=tiny -p seq_len=256 -p micro_batch=8 \
                    -p batch_tokens=2048 -p max_steps=1200 -p warmup_steps=50 -p lr=3e-3 -p eval_every=200 -p save_every=200 \
                    -p bpb_max_bytes=300000 -p max_new_tokens=128 -p fim_max_cases=200
-PARAMS ?= -p card_dir=data_cards -p preset=cpu-small -p seq_len=256 -p micro_batch=8 -p batch_tokens=4096 \
-                   -p max_steps=120 -p warmup_steps=10 -p lr=2e-3 -p eval_every=40 -p save_every=40 \
-                   -p bpb_max_bytes=300000 -p max_new_tokens=128 -p fim_max_cases=200
 PARAMS ?=
 NB_WORKERS ?= 2
 PYTEST_WORKERS ?= 2
