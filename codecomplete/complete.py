@@ -11,8 +11,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, 
 from .config import ConfigError
 
 # %% auto #0
-__all__ = ['FIM_TOKENS', 'fim_ids', 'prompt_ids', 'save_random_model', 'load_model', 'truncate_at_stop', 'generate', 'complete',
-           'split_at_cursor', 'run_complete', 'add_complete_parser', 'complete_main']
+__all__ = ['FIM_TOKENS', 'fim_ids', 'prompt_ids', 'save_random_model', 'load_model', 'truncate_at_stop', 'generate',
+           'heal_prefix', 'healed', 'complete', 'split_at_cursor', 'run_complete', 'add_complete_parser',
+           'complete_main']
 
 # %% ../nbs/06_complete.ipynb #96b02d91
 FIM_TOKENS = ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")
@@ -112,14 +113,26 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 6
         out += [texts[i:i + num_samples] for i in range(0, len(texts), num_samples)]
     return out
 
+# %% ../nbs/06_complete.ipynb #fd31d74c
+def heal_prefix(prefix: str) -> tuple[str, str]:
+    "Split `prefix` into its body and its trailing whitespace, which a code tokenizer fuses with the next word."
+    body = prefix.rstrip(" \t\r\n")
+    return body, prefix[len(body):]
+
+def healed(text: str, whitespace: str) -> str:
+    "A completion of the healed prompt, seen from after the original prefix: its share of `whitespace` dropped."
+    return text[len(whitespace):] if text.startswith(whitespace) else text.lstrip(" \t")
+
 # %% ../nbs/06_complete.ipynb #eef7d8d1
 def complete(prefix: str, suffix: str | None = None, model=None, tokenizer=None, max_new_tokens: int = 64,
              temperature: float = 0.0, top_p: float = 1.0, stop=(), num_samples: int = 1, seed: int | None = None):
     "Complete `prefix` (fill the middle before `suffix` when given) with `model` (a folder or a loaded model + tokenizer)."
     if model is None or isinstance(model, (str, Path)): model, tokenizer = load_model(str(model or "runs/default/train/model"))
     if tokenizer is None: raise ConfigError("pass the tokenizer with a loaded model, or pass a model folder as model=")
-    texts = generate(model, tokenizer, [prompt_ids(tokenizer, prefix, suffix)], max_new_tokens, temperature, top_p, stop,
+    body, whitespace = heal_prefix(prefix)
+    texts = generate(model, tokenizer, [prompt_ids(tokenizer, body, suffix)], max_new_tokens, temperature, top_p, stop,
                      num_samples, batch_size=num_samples, seed=seed)[0]
+    texts = [healed(t, whitespace) for t in texts]
     return texts[0] if num_samples == 1 else texts
 
 # %% ../nbs/06_complete.ipynb #befc3df5

@@ -74,13 +74,14 @@ class CurateConfig(StageConfig):
     shard_bytes: int = setting(256_000_000, "content bytes per output parquet shard")
     row_group_bytes: int = setting(16_000_000, "content bytes per parquet row group (bounds memory)")
     num_workers: int = setting(0, "worker processes (0 = all cores)", affects_output=False)
-    split_repos_by_directory: bool = setting(False, "group a git repository's files by top-level directory instead of keeping the repository whole (to hold out part of a single repository)")
+    group_by: str = setting("source", "unit of the split: 'source' (a repository, or a directory's top-level package) or 'file' (to hold out files of a single repository)")
     card_dir: str = setting("", "also copy the data card here (e.g. data_cards); '' = only inside the run", affects_output=False)
 
     def validate(self):
         bad = [l for l in self.languages if l not in EXTENSIONS]
         if bad: raise ConfigError(f"languages: unknown {bad}; choose from {', '.join(LANGUAGES)}")
         if not self.languages: raise ConfigError("languages is empty; name at least one of " + ", ".join(LANGUAGES))
+        if self.group_by not in ("source", "file"): raise ConfigError(f"group_by={self.group_by!r}: use 'source' or 'file'")
         for key in ("validation_fraction", "test_fraction"):
             if not 0 <= getattr(self, key) < 1: raise ConfigError(f"{key}={getattr(self, key)} must be in [0, 1)")
         if self.validation_fraction + self.test_fraction >= 1: raise ConfigError("validation_fraction + test_fraction must be below 1 to leave a train split")
@@ -162,8 +163,8 @@ def _file_items(src: Source, paths, cfg: CurateConfig):
     languages = set(cfg.languages)
     for path, reason in paths:
         rel = path.relative_to(src.path).as_posix() if path != src.path else path.name
-        whole_repo = src.kind == "git" and not cfg.split_repos_by_directory
-        group = src.name if whole_repo or path == src.path else f"{src.name}/{rel.split('/')[0]}"
+        group = (f"{src.name}/{rel}" if cfg.group_by == "file" else src.name if src.kind == "git" or path == src.path
+                 else f"{src.name}/{rel.split('/')[0]}")
         lang, _ = language_of(rel)
         reason = reason or ("unsupported_language" if lang is None else None if lang in languages else "language_not_selected")
         yield src.name, rel, group, src.license, str(path), None, reason
@@ -177,7 +178,7 @@ def _record_item(src: Source, rec, cfg: CurateConfig, where: str):
     repo = next((rec[c] for c in ((cfg.repo_column,) if cfg.repo_column else _STACK_REPOS) if isinstance(rec.get(c), str)), None)
     licenses = next((rec[c] for c in ("license", "max_stars_repo_licenses", "licenses") if rec.get(c)), "")
     license = ",".join(licenses) if isinstance(licenses, (list, tuple)) else str(licenses)
-    group = repo or f"{src.name}/{path.split('/')[0]}"
+    group = f"{src.name}/{path}" if cfg.group_by == "file" else repo or f"{src.name}/{path.split('/')[0]}"
     lang, _ = language_of(path)
     reason = "unsupported_language" if lang is None else None if lang in cfg.languages else "language_not_selected"
     if reason is None and len(content) > cfg.max_file_bytes: reason = "too_large"
@@ -284,14 +285,14 @@ def examine(item) -> tuple:
 
 # %% ../nbs/01_curate.ipynb #b6a0f035
 def assign_splits(group_bytes: dict[str, int], fractions: dict[str, float], seed: int = 0, max_share: float = 0.5) -> dict[str, str]:
-    "Map each group to a split: groups in seeded hash order, each to the split with the largest byte deficit that it would not dominate."
+    "Map each group to a split: groups in seeded hash order, each to the split furthest below its byte target (relatively) that it would not dominate."
     total = sum(group_bytes.values())
     target = {s: f * total for s, f in fractions.items()}
     def assign(share: float) -> dict[str, str]:
         assigned, out = dict.fromkeys(fractions, 0), {}
         for group in sorted(group_bytes, key=lambda g: hashlib.sha256(f"{seed}\0{g}".encode()).digest()):
             fits = [s for s in fractions if s == "train" or group_bytes[group] <= share * target[s]]
-            split = max(fits, key=lambda s: target[s] - assigned[s])
+            split = max(fits, key=lambda s: 1 - assigned[s] / target[s] if target[s] else -1.0)
             assigned[split] += group_bytes[group]; out[group] = split
         return out
     out = assign(max_share)
