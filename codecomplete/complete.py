@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
 from .config import ConfigError
+from .tokenizer import encode_texts
 
 # %% auto #0
 __all__ = ['FIM_TOKENS', 'fim_ids', 'prompt_ids', 'save_random_model', 'load_model', 'truncate_at_stop', 'generate',
@@ -20,10 +21,8 @@ FIM_TOKENS = ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")
 
 def _encode(tokenizer, text: str) -> list[int]:
     "Token ids of `text` alone: no special tokens added, sentinel spellings inside it kept as plain text."
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    if backend is None: return tokenizer(text, add_special_tokens=False)["input_ids"]
-    backend.encode_special_tokens = True
-    return backend.encode(text, add_special_tokens=False).ids
+    if getattr(tokenizer, "backend_tokenizer", None) is None: return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return encode_texts(tokenizer, [text])[0]
 
 def fim_ids(tokenizer) -> list[int]:
     "Ids of `<fim_prefix>`, `<fim_suffix>`, `<fim_middle>`, or a clear error when the tokenizer has no FIM tokens."
