@@ -109,6 +109,10 @@ def main():
         for threads in (None, 1):
             mb, s = encode_speed(tok_path, data, threads)
             print(f"encode_texts, {'all cores' if threads is None else '1 thread'}: {mb:.1f} MB in {s:.2f} s = {mb / s:.2f} MB/s")
+        gpt2_path = str(Path(tmp) / "gpt2.json")  # is CODE_PATTERN's regex the bottleneck? the same BPE with GPT-2's regex
+        train_isolated(data, args.vocab_size, None, save_to=gpt2_path)
+        mb, s = encode_speed(gpt2_path, data, 1)
+        print(f"encode_texts, 1 thread, GPT-2 ByteLevel regex instead of CODE_PATTERN: {mb:.1f} MB in {s:.2f} s = {mb / s:.2f} MB/s")
         if args.ablations:
             print(f"\n| pre-tokenization (vocab {args.vocab_size}) | held-out bytes/token | train s |\n| --- | ---: | ---: |")
             for name, pattern in ABLATIONS:

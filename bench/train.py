@@ -3,9 +3,11 @@ and batch under transformers' Trainer. Prints a markdown table and writes a JSON
 
 GPU (one H200/H100; ~4-5 minutes): python bench/train.py --device cuda --preset 125m --seqs 1024 2048 --real runs/NAME --out bench_train.json
 CPU check of every path: python bench/train.py --device cpu --preset tiny --seqs 64 128 --micro-tokens 512 --steps 6 --real runs/NAME
-CPU comparison:        python bench/train.py --device cpu --preset cpu-small --seqs 256 --micro-tokens 2048 --steps 20 --compare-trainer --no-sweep-compile
+CPU comparison:        python bench/train.py --device cpu --preset cpu-small --seqs 256 --micro-tokens 2048 --steps 20 --compare-trainer --modes eager
+GPU levers (MFU sweep): python bench/train.py --device cuda --preset 125m --seqs 1024 --micro-tokens 65536 --accum 1 --modes default max-autotune-no-cudagraphs --attention auto cudnn
 The GPU path imports only torch, numpy, transformers, accelerate, tokenizers, pyarrow, yaml and tqdm (no datasets)."""
 import argparse, json, os, platform, resource, statistics, sys, tempfile, time
+from contextlib import nullcontext
 from pathlib import Path
 
 def parse():
@@ -18,10 +20,14 @@ def parse():
     p.add_argument("--steps", type=int, default=30, help="optimizer steps per configuration (the first --warm are not timed)")
     p.add_argument("--warm", type=int, default=10)
     p.add_argument("--vocab", type=int, default=32768, help="vocabulary of the synthetic runs")
-    p.add_argument("--no-sweep-compile", action="store_true", help="time eager mode only")
+    p.add_argument("--modes", nargs="+", default=["eager", "default"],
+                   help="'eager' and/or torch.compile modes (default, max-autotune-no-cudagraphs, max-autotune, reduce-overhead) to time")
+    p.add_argument("--attention", nargs="+", default=["auto"], choices=["auto", "flash", "cudnn", "efficient", "math"],
+                   help="SDPA backends to time: auto = PyTorch's own choice, else only that kernel")
     p.add_argument("--real", help="run folder with tokenizer/ and tokens/ (packed) for a short real-data run")
     p.add_argument("--real-steps", type=int, default=150)
     p.add_argument("--real-seq", type=int, default=1024)
+    p.add_argument("--real-mode", default="eager", help="'eager' or the torch.compile mode of the real-data run")
     p.add_argument("--compare-trainer", action="store_true", help="also time transformers.Trainer on the same model, data and batch (CPU)")
     p.add_argument("--peak-tflops", type=float, default=0.0, help="peak of one device for MFU when the card is not known (e.g. a CPU)")
     p.add_argument("--out", default="bench_train.json")
@@ -66,8 +72,18 @@ def peak_memory_gib() -> float:
     if cuda: return torch.cuda.max_memory_allocated() / 2**30
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # process peak RSS (never reset)
 
-def our_loop(run: Path, name: str, seq: int, steps: int, compile: bool, log_every: int, **kw) -> dict:
-    "Train with codecomplete.train on `run` and summarize the timed (post-warmup) log intervals."
+def attention_kernel(name: str):
+    "A context that restricts SDPA to one backend (`auto`: leave PyTorch's choice)."
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    backends = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION, "math": SDPBackend.MATH}
+    return nullcontext() if name == "auto" else sdpa_kernel(backends[name])
+
+def our_loop(run: Path, name: str, seq: int, steps: int, mode: str, log_every: int, attention: str = "auto", **kw) -> dict:
+    "Train with codecomplete.train on `run` (`mode`: eager or a torch.compile mode) and summarize the timed log intervals."
+    compile = mode != "eager"
+    if compile:
+        os.environ["ACCELERATE_DYNAMO_MODE"] = mode  # accelerate's TorchDynamoPlugin takes the torch.compile mode from here
+        torch._dynamo.reset()
     micro = max(1, args.micro_tokens // seq)
     out_run = tmp / name
     out_run.mkdir()
@@ -77,7 +93,7 @@ def our_loop(run: Path, name: str, seq: int, steps: int, compile: bool, log_ever
                       tensorboard=False, peak_tflops=args.peak_tflops, **kw)
     if cuda: torch.cuda.empty_cache(); torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
-    train(cfg)
+    with attention_kernel(attention): train(cfg)
     wall = time.perf_counter() - t0
     log = read_log(out_run)
     timed = [r for r in log if "tokens_per_s" in r and r["step"] > args.warm]
@@ -85,7 +101,7 @@ def our_loop(run: Path, name: str, seq: int, steps: int, compile: bool, log_ever
     config = model_config(args.preset, args.vocab)
     mfus = [r["mfu"] for r in timed if r.get("mfu") is not None]
     return {"name": name, "loop": "codecomplete", "preset": args.preset, "seq_len": seq, "micro_batch": micro, "accum": args.accum,
-            "batch_tokens": cfg.batch_tokens, "compile": compile, "precision": "bf16" if cuda else "fp32", "steps": steps,
+            "batch_tokens": cfg.batch_tokens, "compile": mode, "attention": attention, "precision": "bf16" if cuda else "fp32", "steps": steps,
             "tokens_per_s": tps, "mfu": statistics.median(mfus) if mfus else None, "peak_mem_gib": round(peak_memory_gib(), 2),
             "flops_per_token": flops_per_token(config, seq), "wall_s": round(wall, 1), "log": log}
 
@@ -114,21 +130,24 @@ def trainer_loop(run: Path, seq: int, steps: int) -> dict:
     wall = time.perf_counter() - t0
     dts = np.diff(Clock.times)[args.warm - 1:]
     return {"name": f"trainer-seq{seq}", "loop": "transformers.Trainer", "preset": args.preset, "seq_len": seq, "micro_batch": micro,
-            "accum": args.accum, "batch_tokens": micro * seq * args.accum, "compile": False, "precision": "bf16" if cuda else "fp32",
+            "accum": args.accum, "batch_tokens": micro * seq * args.accum, "compile": "eager", "attention": "auto", "precision": "bf16" if cuda else "fp32",
             "steps": steps, "tokens_per_s": micro * seq * args.accum / float(np.median(dts)), "mfu": None, "wall_s": round(wall, 1)}
 
 def ours_per_step(run: Path, seq: int, steps: int) -> dict:
     "Our loop with a log line (one timing) every step, to compare with the Trainer's per-step times."
-    return our_loop(run, f"ours-seq{seq}-per-step", seq, steps, False, log_every=1, lr=1e-3, warmup_steps=2)
+    return our_loop(run, f"ours-seq{seq}-per-step", seq, steps, "eager", log_every=1, lr=1e-3, warmup_steps=2)
 
 results, started = [], time.strftime("%Y-%m-%d %H:%M:%S")
 n_tokens = max(args.seqs) * (args.micro_tokens // min(args.seqs) + 1) * args.accum * (args.steps + 2)
 synthetic = synthetic_run(args.vocab, max(n_tokens, 200_000))
 for seq in args.seqs:
-    for compile in ([False] if args.no_sweep_compile else [False, True]):
-        results.append(our_loop(synthetic, f"synthetic-seq{seq}-{'compiled' if compile else 'eager'}", seq, args.steps, compile,
-                                log_every=5, lr=1e-3, warmup_steps=2))
-        r = results[-1]; print(f"# {r['name']}: {r['tokens_per_s'] or 0:,.0f} tokens/s, MFU {r['mfu']}, peak {r['peak_mem_gib']} GiB, {r['wall_s']} s", flush=True)
+    for mode in args.modes:
+        for attention in args.attention:
+            name = f"synthetic-seq{seq}-{mode}" + ("" if attention == "auto" else f"-{attention}")
+            try: r = our_loop(synthetic, name, seq, args.steps, mode, log_every=5, attention=attention, lr=1e-3, warmup_steps=2)
+            except Exception as e:  # one lever that does not run on this card must not lose the others' figures
+                print(f"# {name}: failed: {type(e).__name__}: {str(e)[:300]}", flush=True); continue
+            results.append(r); print(f"# {name}: {r['tokens_per_s'] or 0:,.0f} tokens/s, MFU {r['mfu']}, peak {r['peak_mem_gib']} GiB, {r['wall_s']} s", flush=True)
 if args.compare_trainer:
     for seq in args.seqs:
         results.append(ours_per_step(synthetic, seq, args.steps)); print(f"# ours per-step: {results[-1]['tokens_per_s']:,.0f} tokens/s", flush=True)
@@ -136,7 +155,7 @@ if args.compare_trainer:
 if args.real:
     real = Path(args.real)
     read_meta(real / "tokens", "train"); read_meta(real / "tokens", "validation")
-    r = our_loop(real, f"real-seq{args.real_seq}", args.real_seq, args.real_steps, False, log_every=10,
+    r = our_loop(real, f"real-seq{args.real_seq}", args.real_seq, args.real_steps, args.real_mode, log_every=10,
                  eval_every=max(1, args.real_steps // 3), lr=1e-3, warmup_steps=min(20, args.real_steps // 5))
     r["losses"] = [(x["step"], round(x["loss"], 4)) for x in r["log"] if "loss" in x]
     r["val"] = [(x["step"], round(x["val_loss"], 4), round(x["val_bpb"], 4)) for x in r["log"] if "val_loss" in x]
@@ -149,10 +168,10 @@ summary = {"device": device, "torch": torch.__version__, "date": started, "load"
 Path(args.out).write_text(json.dumps(summary, indent=1))
 print(f"\n{device}, torch {torch.__version__}, {started}, load {os.getloadavg()[0]:.1f}, preset {args.preset} "
       f"({summary['params']['total'] / 1e6:.1f}M params)\n")
-print("| run | loop | seq | micro x accum | compile | tokens/s | MFU | peak mem GiB |\n|---|---|---|---|---|---|---|---|")
+print("| run | loop | seq | micro x accum | compile | attention | tokens/s | MFU | peak mem GiB |\n|---|---|---|---|---|---|---|---|---|")
 for r in summary["results"]:
     mfu = f"{r['mfu']:.1%}" if r.get("mfu") else "n/a"
-    print(f"| {r['name']} | {r['loop']} | {r['seq_len']} | {r['micro_batch']} x {r['accum']} | {r['compile']} | {r['tokens_per_s'] or 0:,.0f} | {mfu} | {r.get('peak_mem_gib', 'n/a')} |")
+    print(f"| {r['name']} | {r['loop']} | {r['seq_len']} | {r['micro_batch']} x {r['accum']} | {r['compile']} | {r['attention']} | {r['tokens_per_s'] or 0:,.0f} | {mfu} | {r.get('peak_mem_gib', 'n/a')} |")
 for r in summary["results"]:
     if "losses" in r: print(f"\nreal-data run: train loss {r['losses'][0][1]} -> {r['losses'][-1][1]}; validation (step, loss, bits/byte) {r['val']}")
 print(f"\nJSON: {args.out}")

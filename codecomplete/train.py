@@ -44,7 +44,7 @@ class TrainConfig(StageConfig):
     keep_checkpoints: int = setting(2, "newest checkpoints kept", affects_output=False)
     log_every: int = setting(10, "steps between log lines (each costs one device sync)", affects_output=False)
     stop_at_step: int = setting(0, "stop with a checkpoint after this step, unfinished (rerun to continue); 0 = run to max_steps", affects_output=False)
-    compile: bool = setting(False, "torch.compile the model", affects_output=False)
+    compile: bool = setting(False, "torch.compile the model (mode: env ACCELERATE_DYNAMO_MODE, e.g. max-autotune; default 'default')", affects_output=False)
     activation_checkpointing: bool = setting(False, "recompute activations in the backward pass to save memory", affects_output=False)
     distributed: str = setting("ddp", "'ddp' (replicate the model) or 'fsdp' (shard it) when several processes run", affects_output=False)
     peak_tflops: float = setting(0.0, "dense bf16 TFLOP/s of one device, for MFU; 0 = look the card up (none on CPU)", affects_output=False)
