@@ -5,7 +5,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 RUN    ?= default
-# The main job's settings, sized for a 2-core CPU (about 11 minutes in all): an 8192-token vocabulary and the tiny preset,
+# The main job's settings, sized for a 2-core CPU (about 8 minutes, plus 1-2 to create .venv): an 8192-token vocabulary and the tiny preset,
 # trained for 1200 small steps, which on a CPU learns far more than fewer, larger steps of a bigger model (BENCHMARKS.md).
 # On a GPU, see README.md ("On a GPU, and on many") for the 125m settings.
 PIPELINE_PARAMS ?= -p card_dir=data_cards -p vocab_size=8192 -p preset=tiny -p seq_len=256 -p micro_batch=8 \
