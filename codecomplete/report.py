@@ -57,7 +57,8 @@ def _vocab_section(report: dict, run_dir: Path, assets: Path) -> list[str]:
         for lang, v in langs.items():
             if lang == "all": continue
             rows.append((split, lang, v["files"], f"{v['code_bytes_per_token']:.2f}", f"{v['baseline_bytes_per_token']:.2f}", f"{v['code_tokens_per_line']:.2f}"))
-    out = ["## Vocabulary", "", f"Byte-level BPE, {report['vocab_size']:,} tokens; bytes per token on held-out splits against a baseline "
+    origin = f", the tokenizer of the init_from model `{report['init_from']}`" if report.get("init_from") else ""
+    out = ["## Vocabulary", "", f"Byte-level BPE, {report['vocab_size']:,} tokens{origin}; bytes per token on held-out splits against a baseline "
            "(GPT-2 pre-tokenization, same data and size):", "",
            _table(rows, ("split", "language", "files", "bytes/token", "baseline bytes/token", "tokens/line"))]
     if (run_dir / "tokenizer" / "compression.png").exists():

@@ -16,7 +16,8 @@ from .config import (ConfigError, StageConfig, setting, stage_dir, should_skip, 
 __all__ = ['SPECIAL_TOKENS', 'FIM_TOKENS', 'MIN_VOCAB', 'WORD', 'CODE_PATTERN', 'new_bpe', 'split_shards', 'iter_batches',
            'train_bpe', 'backend', 'encode_texts', 'as_transformers', 'save_tokenizer', 'TokenizerMismatchError',
            'load_tokenizer', 'truncate', 'sweep_sizes', 'count_lines', 'measure', 'TokenizerConfig', 'texts_of',
-           'curated_shards', 'train_tokenizer', 'compression_report', 'plot_sweep', 'compression_table']
+           'curated_shards', 'model_tokenizer', 'train_tokenizer', 'compression_report', 'plot_sweep',
+           'compression_table']
 
 # %% ../nbs/02_tokenizer.ipynb #11be4c99
 SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>"]
@@ -170,7 +171,8 @@ def measure(toks: dict, shards) -> dict:
 @dataclass
 class TokenizerConfig(StageConfig):
     "Config of the tokenizer stage: a byte-level BPE trained on `<run_dir>/data/train`, written to `<run_dir>/tokenizer/`."
-    vocab_size: int = setting(32768, "tokens in the vocabulary, the 6 special tokens and 256 byte symbols included")
+    vocab_size: int = setting(32768, "tokens in the vocabulary, the 6 special tokens and 256 byte symbols included; ignored with init_from")
+    init_from: str = setting("", "model folder (HF format) to continue from, as the train stage's init_from: its tokenizer becomes the run's, no vocabulary is trained; empty = train one")
 
     def validate(self):
         if self.vocab_size < MIN_VOCAB:
@@ -190,21 +192,33 @@ def curated_shards(cfg: TokenizerConfig, split: str) -> list[Path]:
                                 f"(codecomplete run curate --run NAME -p force=true)")
     return split_shards(data / split)
 
+def model_tokenizer(model_dir) -> Tokenizer:
+    "The tokenizer saved in model folder `model_dir` (as `init_from` names it), checked by `load_tokenizer`."
+    path = Path(model_dir)
+    if not (path / "tokenizer.json").exists():
+        raise ConfigError(f"init_from={str(model_dir)!r} holds no tokenizer (tokenizer.json); point it at the train/model folder of a "
+                          f"finished run, or leave init_from empty to train a vocabulary on this run's data")
+    try: return backend(load_tokenizer(path))
+    except TokenizerMismatchError as e:
+        raise ConfigError(f"init_from: {e}. Fine-tune a model trained by codecomplete, or leave init_from empty") from None
+
 def train_tokenizer(cfg: TokenizerConfig) -> Path:
-    "The tokenizer stage: train, save and report a code BPE for the run; returns `<run_dir>/tokenizer`."
+    "The tokenizer stage: train (or take `init_from`'s), save and report a code BPE for the run; returns `<run_dir>/tokenizer`."
     if should_skip(cfg, "tokenizer"): return stage_dir(cfg, "tokenizer")
+    bpe = model_tokenizer(cfg.init_from) if cfg.init_from else None  # a bad init_from fails before any work
     train = curated_shards(cfg, "train")
     if not any(t for texts in texts_of(train) for t in texts):
         raise ValueError(f"the train split in {train[0].parent} has no text; check the curate stage's filters and sources")
     out = begin_stage(cfg, "tokenizer")
-    bpe = train_bpe(texts_of(train), cfg.vocab_size)
+    if bpe is None: bpe = train_bpe(texts_of(train), cfg.vocab_size)
+    else: print(f"tokenizer: taking the {bpe.get_vocab_size()}-token tokenizer of init_from={cfg.init_from}; vocab_size is ignored")
     save_tokenizer(bpe, out)
-    baseline = train_bpe(texts_of(train), cfg.vocab_size, pattern=None)
+    baseline = train_bpe(texts_of(train), bpe.get_vocab_size(), pattern=None)
     report = compression_report(cfg, bpe, baseline)
     atomic_write_text(out / "report.json", json.dumps(report, indent=2))
     plot_sweep(report, out / "compression.png")
     held = report["splits"].get("test") or report["splits"].get("validation") or {}
-    return finish_stage(cfg, "tokenizer", {"vocab_size": cfg.vocab_size, "test_bytes_per_token": held.get("all", {}).get("code_bytes_per_token")})
+    return finish_stage(cfg, "tokenizer", {"vocab_size": report["vocab_size"], "test_bytes_per_token": held.get("all", {}).get("code_bytes_per_token")})
 
 # %% ../nbs/02_tokenizer.ipynb #c5617394
 def compression_report(cfg: TokenizerConfig, bpe: Tokenizer, baseline: Tokenizer) -> dict:
@@ -215,12 +229,14 @@ def compression_report(cfg: TokenizerConfig, bpe: Tokenizer, baseline: Tokenizer
         if shards: splits[split] = measure({"code": bpe, "baseline": baseline}, shards)
     sweep_split = next((s for s in splits if splits[s]), None)
     sweep = []
-    for n in sweep_sizes(cfg.vocab_size) if sweep_split else []:
+    vocab_size = bpe.get_vocab_size()
+    for n in sweep_sizes(vocab_size) if sweep_split else []:
         m = measure({"code": truncate(bpe, n), "baseline": truncate(baseline, n)}, sorted((data / sweep_split).glob("*.parquet")))["all"]
         sweep.append({"vocab_size": n, "code_bytes_per_token": m["code_bytes_per_token"],
                       "baseline_bytes_per_token": m["baseline_bytes_per_token"]})
-    return {"vocab_size": cfg.vocab_size, "special_tokens": dict(zip(SPECIAL_TOKENS, range(len(SPECIAL_TOKENS)))),
-            "pre_tokenizer": CODE_PATTERN, "baseline": "GPT-2 ByteLevel pre-tokenizer, same data and vocab_size",
+    return {"vocab_size": vocab_size, "special_tokens": dict(zip(SPECIAL_TOKENS, range(len(SPECIAL_TOKENS)))),
+            "init_from": cfg.init_from, "pre_tokenizer": "the init_from model's" if cfg.init_from else CODE_PATTERN,
+            "baseline": "GPT-2 ByteLevel pre-tokenizer, same data and vocab_size",
             "splits": splits, "sweep_split": sweep_split, "sweep": sweep}
 
 def plot_sweep(report: dict, path):

@@ -48,6 +48,11 @@ def test_end_to_end_and_resume(run, monkeypatch):
     assert again[0] == lines[0] and strip(again) == strip(lines)  # greedy: the redone samples equal the originals
     assert (run / "train" / "model" / "README.md").read_text().count("## Evaluation") == 1
 
+    # fewer problems than before: the extra samples stay in the file for later, but out of the scores, and nothing is redone
+    fewer = ev.evaluate(cfg.__class__.from_dict({**cfg.to_dict(), "num_problems": 2, "fim_max_cases": 0, "bpb_max_bytes": 0}))
+    assert json.loads((fewer / "results.json").read_text())["humaneval"]["problems"] == 2 and calls == [1, 1]
+    assert len((out / "samples.jsonl").read_text().splitlines()) == 3
+
 
 def test_finished_stage_is_skipped_and_changed_settings_redo_samples(run, monkeypatch):
     cfg = ev.EvaluateConfig(run_dir=str(run), num_problems=2, **{**TINY, "fim_max_cases": 0, "bpb_max_bytes": 0})
@@ -67,6 +72,14 @@ def test_sampling_several_per_problem(run):
     results = json.loads((ev.evaluate(cfg) / "results.json").read_text())
     assert set(results["humaneval"]) >= {"pass@1", "pass@10"} and "pass@100" not in results["humaneval"]
     assert sum(results["humaneval"]["outcomes"].values()) == 10
+
+
+def test_humaneval_skipped_still_writes_results_and_an_empty_samples_file(tmp_path, run):
+    cfg = ev.EvaluateConfig(run_dir=str(tmp_path), model_dir=str(run / "train" / "model"), test_data=str(run / "data" / "test"),
+                            bpb_max_bytes=2000, context=64, num_problems=0, fim_max_cases=0)
+    out = ev.evaluate(cfg)
+    assert set(json.loads((out / "results.json").read_text())) & {"bpb", "humaneval", "fim"} == {"bpb"}
+    assert (out / "samples.jsonl").read_text() == "" and (out / "_COMPLETE.json").exists()
 
 
 def test_bad_inputs_fail_before_any_work(tmp_path, run):
