@@ -4,20 +4,21 @@
 
 # %% ../nbs/05_train.ipynb #ab3fd103
 from __future__ import annotations
-import argparse, hashlib, json, math, os, shutil, signal, sys, threading, time, warnings
+import argparse, hashlib, json, math, os, shutil, signal, socket, sys, threading, time, warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 import torch
 from .config import (ConfigError, StageConfig, setting, stage_dir, should_skip, begin_stage, finish_stage,
-                                 atomic_dir, atomic_write_text, parse_params)
+                                 upstream_state, atomic_dir, atomic_write_text, parse_params)
 from .model import check_preset, model_config, build_model, count_params, flops_per_token, padded_vocab_size
 from .pack import TokenLoader, load_run_tokenizer, read_meta
 
 # %% auto #0
 __all__ = ['PEAK_TFLOPS', 'TrainConfig', 'lm_loss', 'lr_factor', 'make_optimizer', 'device_peak_flops', 'write_manifest',
            'checkpoint_problem', 'newest_valid_checkpoint', 'save_checkpoint', 'RunLog', 'read_log', 'check_inputs',
-           'check_init_from', 'evaluate_loss', 'bits_per_byte', 'train', 'model_card', 'save_final_model', 'main']
+           'check_init_from', 'checkpoint_identity', 'resume_or_start_over', 'evaluate_loss', 'bits_per_byte', 'train',
+           'launch', 'model_card', 'save_final_model', 'main']
 
 # %% ../nbs/05_train.ipynb #b9bcf6ba
 @dataclass
@@ -47,11 +48,12 @@ class TrainConfig(StageConfig):
     compile: bool = setting(False, "torch.compile the model (mode: env ACCELERATE_DYNAMO_MODE, e.g. max-autotune; default 'default')", affects_output=False)
     activation_checkpointing: bool = setting(False, "recompute activations in the backward pass to save memory", affects_output=False)
     distributed: str = setting("ddp", "'ddp' (replicate the model) or 'fsdp' (shard it) when several processes run", affects_output=False)
+    num_processes: int = setting(1, "processes to start on this machine with accelerate.notebook_launcher from a notebook or job; leave 1 under `accelerate launch`", affects_output=False)
     peak_tflops: float = setting(0.0, "dense bf16 TFLOP/s of one device, for MFU; 0 = look the card up (none on CPU)", affects_output=False)
     tensorboard: bool = setting(True, "also write TensorBoard events to train/tensorboard", affects_output=False)
 
     def validate(self):
-        for key in ("seq_len", "micro_batch", "batch_tokens", "max_steps", "eval_every", "eval_batches", "save_every", "keep_checkpoints", "log_every"):
+        for key in ("seq_len", "micro_batch", "batch_tokens", "max_steps", "eval_every", "eval_batches", "save_every", "keep_checkpoints", "log_every", "num_processes"):
             if getattr(self, key) < 1: raise ConfigError(f"{key}={getattr(self, key)} must be at least 1")
         if not self.init_from:
             positions = check_preset(self.preset)["max_position_embeddings"]
@@ -63,6 +65,9 @@ class TrainConfig(StageConfig):
         if not 0 <= self.warmup_steps < self.max_steps: raise ConfigError(f"warmup_steps={self.warmup_steps} must be below max_steps={self.max_steps}")
         if self.precision not in ("auto", "bf16", "fp32"): raise ConfigError(f"precision={self.precision!r}: use auto, bf16 or fp32")
         if self.distributed not in ("ddp", "fsdp"): raise ConfigError(f"distributed={self.distributed!r}: use ddp or fsdp")
+        if self.num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError(f"num_processes={self.num_processes} would start processes inside one of the {os.environ['WORLD_SIZE']} that a launcher "
+                              "(accelerate launch, torchrun) already started; leave num_processes=1 and give the launcher the process count")
 
     def accum_steps(self, world: int) -> int:
         "Micro-batches per process per optimizer step with `world` processes."
@@ -134,8 +139,8 @@ def newest_valid_checkpoint(root: Path) -> Path | None:
     return None
 
 # %% ../nbs/05_train.ipynb #c1aba0e8
-def save_checkpoint(acc, root: Path, step: int, fingerprint: str, keep: int) -> Path:
-    "Write Accelerate state plus the step atomically to `root/step-NNNNNNNN`; keep the newest `keep`."
+def save_checkpoint(acc, root: Path, step: int, identity: dict, keep: int) -> Path:
+    "Write Accelerate state plus the step and `identity` (see `checkpoint_identity`) atomically to `root/step-NNNNNNNN`; keep the newest `keep`."
     final, tmp = root / f"step-{step:08d}", root / f".step-{step:08d}.tmp"
     if acc.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True); tmp.mkdir(parents=True)
@@ -143,7 +148,7 @@ def save_checkpoint(acc, root: Path, step: int, fingerprint: str, keep: int) -> 
     acc.save_state(str(tmp))
     acc.wait_for_everyone()
     if acc.is_main_process:
-        atomic_write_text(tmp / "trainer_state.json", json.dumps({"step": step, "fingerprint": fingerprint}))
+        atomic_write_text(tmp / "trainer_state.json", json.dumps({"step": step, **identity}))
         write_manifest(tmp)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
@@ -157,7 +162,7 @@ class RunLog:
     def __init__(self, out: Path, active: bool, tensorboard: bool, resume_step: int):
         self.path, self.active, self.writer = out / "log.jsonl", active, None
         if not active: return
-        kept = [l for l in self.path.read_text().splitlines() if json.loads(l)["step"] <= resume_step] if self.path.exists() else []
+        kept = [l for l in self.path.read_text().splitlines() if json.loads(l)["step"] <= resume_step] if self.path.exists() and resume_step else []
         atomic_write_text(self.path, "".join(l + "\n" for l in kept))
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -207,12 +212,42 @@ def check_init_from(path: Path, tok, seq_len: int):
     if seq_len > config.max_position_embeddings:
         raise ConfigError(f"seq_len={seq_len} is longer than the init_from model supports ({config.max_position_embeddings}); lower seq_len")
 
+# %% ../nbs/05_train.ipynb #a1f0c2d2
+def checkpoint_identity(cfg: TrainConfig) -> dict:
+    "What a checkpoint must match to be resumed: the config's fingerprint and the results of the upstream stages."
+    return {"fingerprint": cfg.fingerprint(), "upstream": upstream_state(cfg, "train")}
+
+def _mismatch(state: dict, identity: dict) -> str:
+    if state.get("fingerprint") != identity["fingerprint"]: return "a different config"
+    if "upstream" not in state: return "a codecomplete version that did not record the upstream results"
+    return "other upstream results (the tokenizer or pack stage was redone)"
+
+def resume_or_start_over(cfg: TrainConfig, identity: dict) -> str | None:
+    "The checkpoint to resume, or None once the way is clear for a fresh start: an earlier result moves to `train.previous`."
+    out = stage_dir(cfg, "train")
+    if cfg.force: shutil.rmtree(out, ignore_errors=True)
+    found = newest_valid_checkpoint(out / "checkpoints")
+    if found:
+        state = json.loads((found / "trainer_state.json").read_text())
+        if all(state.get(k) == v for k, v in identity.items()): return str(found)
+        reason = f"its checkpoints come from {_mismatch(state, identity)}"
+    elif (out / "model").exists(): reason = "it holds a model but no checkpoint of this config and these upstream results"
+    else: return None
+    previous = out.with_name(f"{out.name}.previous")
+    shutil.rmtree(previous, ignore_errors=True)
+    os.replace(out, previous)
+    print(f"train: starting over in {out}, because {reason}; the earlier train folder is now {previous} (delete it when you no longer need it)")
+    return None
+
 # %% ../nbs/05_train.ipynb #7c886e8b
+def _forget_accelerator_state():
+    "Drop the Accelerate state that an earlier run left in this interpreter."
+    from accelerate.state import AcceleratorState, GradientState
+    AcceleratorState._reset_state(True); GradientState._reset_state()
+
 def _make_accelerator(cfg: TrainConfig):
     from accelerate import Accelerator
-    from accelerate.state import AcceleratorState, GradientState
-    if "LOCAL_RANK" not in os.environ:  # in-process: forget the state of an earlier run in this interpreter
-        AcceleratorState._reset_state(True); GradientState._reset_state()
+    if "LOCAL_RANK" not in os.environ: _forget_accelerator_state()  # in-process: a fresh state for this run
     cuda = torch.cuda.is_available()
     precision = {"auto": "bf16" if cuda else "no", "bf16": "bf16", "fp32": "no"}[cfg.precision]
     kw = {"dynamo_backend": "inductor"} if cfg.compile else {}
@@ -261,35 +296,29 @@ def train(cfg: TrainConfig) -> Path:
     "The train stage: train (or resume) the model of `cfg` and save it in Hugging Face format to `<run_dir>/train/model`."
     if should_skip(cfg, "train"): return stage_dir(cfg, "train")
     from tqdm.auto import tqdm
+    from accelerate.utils import broadcast_object_list
     tok = load_run_tokenizer(cfg.run_dir)
     acc = _make_accelerator(cfg)
     world, rank, main = acc.num_processes, acc.process_index, acc.is_main_process
-    plan = check_inputs(cfg, world, tok)
+    plan, identity = check_inputs(cfg, world, tok), checkpoint_identity(cfg)
     out, tokens, ckpts = stage_dir(cfg, "train"), stage_dir(cfg, "pack"), stage_dir(cfg, "train") / "checkpoints"
-    if main and cfg.force: shutil.rmtree(out, ignore_errors=True)
-    acc.wait_for_everyone()
-    if main: begin_stage(cfg, "train")
+    cuda = acc.device.type == "cuda"
+    loader = TokenLoader(tokens, "train", cfg.seq_len, cfg.micro_batch, plan["accum"], rank, world, cfg.seed, pin_memory=cuda)
+    n_eval = min(cfg.eval_batches, ((plan["validation"]["count"] - 1) // cfg.seq_len) // (cfg.micro_batch * world))
+    eval_set = TokenLoader(tokens, "validation", cfg.seq_len, cfg.micro_batch, n_eval, rank, world, cfg.seed).next_step()
+    found = broadcast_object_list([resume_or_start_over(cfg, identity) if main else None])[0]  # the main process decides and moves
+    if main: begin_stage(cfg, "train")  # every check has passed: only now is the stage's folder touched
     model = _build(cfg, tok)
     fpt, peak = flops_per_token(model.config, cfg.seq_len), device_peak_flops(cfg)
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, cfg.warmup_steps, cfg.max_steps, cfg.min_lr_ratio))
     model, optimizer, scheduler = acc.prepare(model, optimizer, scheduler)
-    cuda = acc.device.type == "cuda"
-    loader = TokenLoader(tokens, "train", cfg.seq_len, cfg.micro_batch, plan["accum"], rank, world, cfg.seed, pin_memory=cuda)
     acc.register_for_checkpointing(loader)
-    n_eval = min(cfg.eval_batches, ((plan["validation"]["count"] - 1) // cfg.seq_len) // (cfg.micro_batch * world))
-    eval_set = TokenLoader(tokens, "validation", cfg.seq_len, cfg.micro_batch, n_eval, rank, world, cfg.seed).next_step()
 
-    step, found = 0, None
-    if main: found = [str(newest_valid_checkpoint(ckpts)) if ckpts.exists() and newest_valid_checkpoint(ckpts) else None]
-    from accelerate.utils import broadcast_object_list
-    found = broadcast_object_list(found or [None])[0]
+    step = 0
     if found:
-        state = json.loads((Path(found) / "trainer_state.json").read_text())
-        if state["fingerprint"] != cfg.fingerprint():
-            raise ConfigError(f"checkpoints in {ckpts} come from a different config; pass force=True to start over, or use another run_dir")
         acc.load_state(found)
-        step = state["step"]
+        step = json.loads((Path(found) / "trainer_state.json").read_text())["step"]
         acc.print(f"resuming from {found} (step {step})")
     log = RunLog(out, main, cfg.tensorboard, step)
     stop, last_eval, last_loss = _Stop(), None, None
@@ -327,18 +356,36 @@ def train(cfg: TrainConfig) -> Path:
                 log.write(last_eval)
             halted = stop.signal is not None or step == cfg.stop_at_step
             if step % cfg.save_every == 0 or (halted and step < cfg.max_steps):
-                save_checkpoint(acc, ckpts, step, cfg.fingerprint(), cfg.keep_checkpoints)
+                save_checkpoint(acc, ckpts, step, identity, cfg.keep_checkpoints)
             if halted and step < cfg.max_steps:
                 acc.print(f"stopped at step {step} with a checkpoint; rerun the same config to continue")
                 if stop.signal == signal.SIGINT: raise KeyboardInterrupt
                 if stop.signal == signal.SIGTERM: raise SystemExit(128 + signal.SIGTERM)
                 return out
         save_final_model(acc, model, tok, cfg, plan, step, last_loss, last_eval)
-        return finish_stage(cfg, "train", {"steps": step, "tokens": step * cfg.batch_tokens, "loss": last_loss, **(last_eval or {})}) if main else out
+        return finish_stage(cfg, "train", {"steps": step, "tokens": step * cfg.batch_tokens, "processes": world, "loss": last_loss, **(last_eval or {})}) if main else out
     finally:
         bar.close(); log.close(); stop.restore()
         acc.wait_for_everyone() if sys.exc_info()[0] is None else None
         acc.end_training()
+
+# %% ../nbs/05_train.ipynb #b2e0c3d2
+def _free_port() -> str:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0)); return str(s.getsockname()[1])
+
+def launch(cfg: TrainConfig) -> Path:
+    "Run the train stage with `cfg.num_processes` processes on this machine: in this process for 1, else through `accelerate.notebook_launcher`."
+    if cfg.num_processes == 1: return train(cfg)
+    if should_skip(cfg, "train"): return stage_dir(cfg, "train")
+    check_inputs(cfg, cfg.num_processes, load_run_tokenizer(cfg.run_dir))
+    if torch.cuda.is_initialized():  # asks torch only: no call to the driver before the fork
+        raise ConfigError(f"num_processes={cfg.num_processes} forks processes, and this one has used the GPU already (a fork cannot share it); "
+                          "restart the kernel and call launch before anything touches the GPU, or use accelerate launch")
+    from accelerate import notebook_launcher
+    _forget_accelerator_state()
+    notebook_launcher(train, (cfg,), num_processes=cfg.num_processes, use_port=_free_port())
+    return stage_dir(cfg, "train")
 
 # %% ../nbs/05_train.ipynb #8346d453
 def model_card(cfg: TrainConfig, config, plan: dict, step: int, loss: float | None, evaluation: dict | None) -> str:
@@ -373,7 +420,7 @@ def save_final_model(acc, model, tok, cfg: TrainConfig, plan: dict, step: int, l
 
 # %% ../nbs/05_train.ipynb #d7430159
 def main(argv: list[str] | None = None) -> Path:
-    "Command-line entry: `[accelerate launch] -m codecomplete.train --run_dir DIR [--config YAML] key=value ...`."
+    "Command-line entry: `[accelerate launch] -m codecomplete.train --run_dir DIR [--config YAML] key=value ...` (runs `launch`)."
     parser = argparse.ArgumentParser(prog="codecomplete.train", description="Train the run's model (the train stage).")
     parser.add_argument("--run_dir", required=True, help="folder of the pipeline run")
     parser.add_argument("--config", help="YAML file of TrainConfig settings; key=value arguments override it")
@@ -381,6 +428,6 @@ def main(argv: list[str] | None = None) -> Path:
     args = parser.parse_args(argv)
     params = {**parse_params(args.params), "run_dir": args.run_dir}
     cfg = TrainConfig.from_yaml(args.config, **params) if args.config else TrainConfig.from_dict(params)
-    return train(cfg)
+    return launch(cfg)
 
 if __name__ == "__main__" and "__file__" in globals(): main()

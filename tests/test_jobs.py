@@ -83,3 +83,34 @@ def test_killed_job_leaves_nothing_that_looks_finished_and_rerun_completes(tmp_p
     assert not (data / "train").exists() or not any((data / "train").glob("*.parquet"))
     cli(*args, cwd=tmp_path)
     assert (data / "_COMPLETE.json").exists() and any((data / "train").glob("*.parquet"))
+
+
+def test_train_job_on_a_missing_run_fails_and_fabricates_nothing(tmp_path):
+    out = cli("run", "train", "--run", "nosuch", "-p", "max_steps=4", "-p", "warmup_steps=1", cwd=tmp_path, check=False)
+    assert out.returncode == 1, out.stderr
+    assert "no tokenizer" in out.stderr and "run the tokenizer stage for this run first" in out.stderr
+    assert sorted(p.name for p in (tmp_path / "runs" / "nosuch").iterdir()) == ["jobs"]
+
+
+def test_train_job_with_two_processes_equals_one(tmp_path, monkeypatch):
+    "`-p num_processes=2` trains through accelerate.notebook_launcher inside the papermill job, with the one-process result."
+    import shutil, torch
+    from safetensors.torch import load_file
+    from codecomplete.jobs import run_job
+    from codecomplete.pack import PackConfig, pack, sample_run
+    from codecomplete.train import TrainConfig, read_log, train
+    settings = dict(preset="tiny", seq_len=32, micro_batch=4, batch_tokens=256, max_steps=8, warmup_steps=2, lr=3e-3,
+                    log_every=1, eval_every=4, eval_batches=2, save_every=4, tensorboard=False)
+    one, two = tmp_path / "runs" / "one", tmp_path / "runs" / "two"
+    sample_run(one, n_files=16, vocab_size=512)
+    shutil.copytree(one, two)
+    pack(PackConfig(run_dir=str(one)))
+    train(TrainConfig(run_dir=str(one), **settings))
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    run_job("train", "two", {**settings, "num_processes": 2}, runs_root=tmp_path / "runs", quiet=True)
+    assert json.loads((two / "train" / "_COMPLETE.json").read_text())["summary"]["processes"] == 2
+    w1, w2 = (load_file(str(r / "train" / "model" / "model.safetensors")) for r in (one, two))
+    assert w1.keys() == w2.keys()
+    for k in w1: torch.testing.assert_close(w2[k], w1[k], atol=1e-5, rtol=0, msg=k)
+    l1, l2 = ([(r["step"], r["loss"]) for r in read_log(run) if "loss" in r] for run in (one, two))
+    assert [s for s, _ in l1] == [s for s, _ in l2] and all(abs(a - b) < 1e-5 for (_, a), (_, b) in zip(l1, l2))

@@ -1,4 +1,4 @@
-"Train stage: overfitting, process-count invariance, exact resume (stop, SIGKILL, corrupt checkpoint), bad configs."
+"Train stage: overfitting, process-count invariance, exact resume (stop, SIGKILL, corrupt checkpoint), starting over, bad configs."
 import json, os, re, shutil, signal, subprocess, sys, time, warnings
 from pathlib import Path
 import numpy as np, pytest, torch
@@ -103,6 +103,45 @@ def test_two_processes_equal_one(packed, straight, tmp_path):
     assert json.loads((run / "train" / "stage_config.json").read_text())["config"]["batch_tokens"] == 256
     assert_same_weights(run, straight, atol=1e-5)
     for (s1, a), (s2, b) in zip(losses(run), losses(straight), strict=True): assert s1 == s2 and abs(a - b) < 1e-5
+
+def finished_copy(packed, straight, root, name) -> Path:
+    "A copy of the packed run (data included) holding the finished train folder of `straight`."
+    run = Path(root) / name
+    shutil.copytree(packed, run); shutil.copytree(straight / "train", run / "train")
+    return run
+
+def test_changed_config_or_upstream_starts_over_and_keeps_the_old_run(packed, straight, tmp_path, capsys):
+    run = finished_copy(packed, straight, tmp_path, "redo")
+    capsys.readouterr()
+    train(TrainConfig(run_dir=str(run), **{**BASE, "max_steps": 12}))  # a changed train setting on a finished run
+    said = capsys.readouterr().out
+    assert "starting over" in said and "a different config" in said and "train.previous" in said and "resuming" not in said
+    assert [s for s, _ in losses(run)] == list(range(1, 13))
+    assert json.loads((run / "train.previous" / "_COMPLETE.json").read_text())["summary"]["steps"] == 16
+    previous = load_file(str(run / "train.previous" / "model" / "model.safetensors"))
+    assert all(torch.equal(previous[k], v) for k, v in weights(straight).items())
+    twelve = weights(run)
+    pack(PackConfig(run_dir=str(run), fim_rate=0.1, force=True))  # new upstream results: same vocabulary, other token ids
+    train(TrainConfig(run_dir=str(run), **{**BASE, "max_steps": 12}))  # the same train config
+    said = capsys.readouterr().out
+    assert "starting over" in said and "other upstream results" in said and "resuming" not in said
+    assert json.loads((run / "train" / "_COMPLETE.json").read_text())["upstream"]["pack"]["id"] != \
+           json.loads((run / "train.previous" / "_COMPLETE.json").read_text())["upstream"]["pack"]["id"]
+    previous = load_file(str(run / "train.previous" / "model" / "model.safetensors"))  # the 12-step run replaced the 16-step one
+    assert all(torch.equal(previous[k], v) for k, v in twelve.items())
+    assert not all(torch.equal(weights(run)[k], v) for k, v in twelve.items())
+
+def test_failing_check_leaves_a_finished_stage_untouched(packed, straight, tmp_path):
+    run = finished_copy(packed, straight, tmp_path, "kept")
+    before = {name: (run / "train" / name).read_bytes() for name in ("_COMPLETE.json", "stage_config.json")}
+    meta = json.loads((run / "tokens" / "train.json").read_text())
+    (run / "tokens" / "train.json").write_text(json.dumps({**meta, "count": 20}))  # fewer tokens than one window
+    for params, message in [({"max_steps": 12}, "train split has 20 tokens"),
+                            ({"init_from": str(tmp_path / "nothing")}, "holds no model"),
+                            ({"seq_len": 1024, "micro_batch": 64, "batch_tokens": 65536}, "validation split has")]:
+        with pytest.raises(ConfigError, match=message): train(TrainConfig(run_dir=str(run), **{**BASE, **params}))
+        assert {name: (run / "train" / name).read_bytes() for name in before} == before
+        assert not (run / "train.previous").exists()
 
 def test_model_loads_offline_with_card(straight):
     from transformers import AutoModelForCausalLM, AutoTokenizer
