@@ -231,8 +231,8 @@ def finish_stage(cfg: StageConfig, stage: str, summary: dict | None = None) -> P
 
 # %% ../nbs/00_config.ipynb #93cd24f8
 def job_params(namespace: dict, names_before: set) -> dict:
-    "The parameters a job notebook received: names defined after `names_before` was taken, minus private ones."
-    return {k: v for k, v in namespace.items() if k not in names_before and not k.startswith("_")
+    "The parameters a job notebook received: names defined after `names_before` was taken, minus private ones and Nones."
+    return {k: v for k, v in namespace.items() if k not in names_before and not k.startswith("_") and v is not None
             and not isinstance(v, (types.ModuleType, types.FunctionType, type))}
 
 # %% ../nbs/00_config.ipynb #6723d74c

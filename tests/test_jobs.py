@@ -65,6 +65,10 @@ def test_plain_papermill_cli_runs_the_job_and_rejects_misspelt_parameters(tmp_pa
                               "-y", f"sources: ['{corpus}']\ncard_dir: ''"], cwd=tmp_path, capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert (tmp_path / "pm" / "data" / "_COMPLETE.json").exists()
+    assert "Passed unknown parameter" not in ok.stderr  # the parameters cell names every setting
+    from codecomplete.curate import CurateConfig
+    resolved = json.loads((tmp_path / "pm" / "data" / "stage_config.json").read_text())["config"]
+    assert resolved["max_files"] == CurateConfig.max_files == 0  # the stage's default, not a test size
     bad = subprocess.run(pm + [str(nb), str(tmp_path / "bad.ipynb"), "-p", "run_dir", str(tmp_path / "pm2"), "-p", "langauges", "python"],
                          cwd=tmp_path, capture_output=True, text=True)
     assert bad.returncode != 0 and "did you mean 'languages'" in bad.stderr + bad.stdout
@@ -114,3 +118,16 @@ def test_train_job_with_two_processes_equals_one(tmp_path, monkeypatch):
     for k in w1: torch.testing.assert_close(w2[k], w1[k], atol=1e-5, rtol=0, msg=k)
     l1, l2 = ([(r["step"], r["loss"]) for r in read_log(run) if "loss" in r] for run in (one, two))
     assert [s for s, _ in l1] == [s for s, _ in l2] and all(abs(a - b) < 1e-5 for (_, a), (_, b) in zip(l1, l2))
+
+
+def test_job_parameters_cells_name_every_setting_and_keep_no_defaults_of_their_own():
+    from codecomplete.jobs import JOBS
+    for name, job in JOBS.items():
+        nb = json.loads((ROOT / "nbs" / "jobs" / job.notebook).read_text())
+        cell = next(c for c in nb["cells"] if "parameters" in c["metadata"].get("tags", []))
+        namespace = {}
+        exec("".join(cell["source"]), namespace)
+        names = {k: v for k, v in namespace.items() if k != "__builtins__"}
+        keys = {k for cls in job.config_classes() for k in cls.keys()}
+        assert set(names) == keys, (name, set(names) ^ keys)
+        assert names.pop("run_dir") == "runs/default" and set(names.values()) == {None}, name
