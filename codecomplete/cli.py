@@ -4,28 +4,47 @@
 
 # %% ../nbs/10_cli.ipynb #14b87a2d
 from __future__ import annotations
-import argparse, sys
+import argparse, re, sys
 from .complete import add_complete_parser
-from .config import ConfigError, parse_params, parse_value
-from .jobs import JOBS, JobFailed, PIPELINE, get_job, run_job, run_pipeline
+from .config import ConfigError, load_yaml_params, parse_params
+from .jobs import FLAG_KEYS, JOBS, JobFailed, PIPELINE, get_job, run_job, run_pipeline
 
 # %% auto #0
 __all__ = ['build_parser', 'main']
 
 # %% ../nbs/10_cli.ipynb #ef5d9ec7
+def _split_words_hint(item: list[str]) -> str:
+    "What to write instead of a `-p` that the shell split into several words."
+    words = " ".join(item)
+    if all(re.fullmatch(r"\w+=\S*", w) for w in item):
+        return f"-p {words}: give each parameter its own -p: {' '.join('-p ' + w for w in item)}"
+    quoted = f"'{words}'" if "=" in item[0] else f"{item[0]} '{' '.join(item[1:])}'"
+    return f"-p {words}: quote a value that has spaces: -p {quoted}, or write it without spaces"
+
 def _collect_params(args) -> dict:
-    "Merge `--config` YAML and `-p` items (either `key=value` or `key value`) into one dict."
-    import yaml
-    params = {}
-    if args.config:
-        data = yaml.safe_load(open(args.config)) or {}
-        if not isinstance(data, dict): raise ConfigError(f"{args.config} must hold a mapping of key: value")
-        params.update(data)
+    "Merge `--config` YAML and `-p` items (either `key=value` or `key value`) into one dict; `-p` wins."
+    params = load_yaml_params(args.config) if args.config else {}
     for item in args.param or []:
         if len(item) == 1: params.update(parse_params(item))
-        elif len(item) == 2: params[item[0]] = parse_value(item[1])
-        else: raise ConfigError(f"-p takes key=value or key value, got {' '.join(item)!r}")
+        elif len(item) == 2 and "=" not in item[0]: params[item[0]] = item[1]
+        else: raise ConfigError(_split_words_hint(item))
     return params
+
+def _run(args) -> int:
+    "`codecomplete run`: one job, or the pipeline."
+    params = _collect_params(args)
+    if args.job == "pipeline": run_pipeline(args.run, params, force=args.force, runs_root=args.runs_root)
+    else: run_job(args.job, args.run, params, force=args.force, runs_root=args.runs_root)
+    return 0
+
+def _config(args) -> int:
+    "`codecomplete config`: the settings of a job, or of every pipeline job, each under its job's name."
+    for name in PIPELINE if args.job == "pipeline" else [args.job]:
+        classes = get_job(name).config_classes()
+        print(f"# {name} job (codecomplete run {name} --run NAME -p key=value)")
+        for cls in classes: print(f"## {cls.__name__}\n{cls.describe(skip=FLAG_KEYS)}")
+    print(f"# the run folder and force come from --run NAME (and --runs-root) and --force")
+    return 0
 
 def build_parser() -> argparse.ArgumentParser:
     "The `codecomplete` argument parser."
@@ -38,24 +57,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="YAML file of parameters")
     run.add_argument("--force", action="store_true", help="redo finished stages")
     run.add_argument("--runs-root", default="runs", help="folder holding runs (default: runs)")
-    cfg = sub.add_parser("config", help="list the parameters a job accepts")
-    cfg.add_argument("job", help=f"one of: {', '.join(JOBS)}")
+    run.set_defaults(func=_run)
+    cfg = sub.add_parser("config", help="list the parameters a job (or every pipeline job) accepts")
+    cfg.add_argument("job", help=f"one of: {', '.join(JOBS)}, pipeline")
+    cfg.set_defaults(func=_config)
     add_complete_parser(sub)
     return parser
 
 # %% ../nbs/10_cli.ipynb #cd86d3d2
+def _error(e: Exception, status: int) -> int:
+    print(f"codecomplete: error: {e}", file=sys.stderr)
+    return status
+
 def main(argv: list[str] | None = None) -> int:
-    "Entry point of the `codecomplete` console script; returns the exit status."
+    "Entry point of the `codecomplete` console script; returns the exit status: 2 for bad input, 1 for a failed job."
     args = build_parser().parse_args(argv)
-    if args.command == "complete": return args.func(args)
-    try:
-        if args.command == "config":
-            for cls in get_job(args.job).config_classes(): print(f"# {cls.__name__}\n{cls.describe()}")
-            return 0
-        params = _collect_params(args)
-        if args.job == "pipeline": run_pipeline(args.run, params, force=args.force, runs_root=args.runs_root)
-        else: run_job(args.job, args.run, params, force=args.force, runs_root=args.runs_root)
-        return 0
-    except (ConfigError, JobFailed, FileNotFoundError, ImportError) as e:
-        print(f"codecomplete: error: {e}", file=sys.stderr)
-        return 2 if isinstance(e, ConfigError) else 1
+    try: return args.func(args)
+    except ConfigError as e: return _error(e, 2)
+    except (JobFailed, OSError, ImportError) as e: return _error(e, 1)

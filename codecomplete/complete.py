@@ -59,6 +59,8 @@ def load_model(model_dir: str, device: str | None = None):
         raise ConfigError(f"{path} is not a model folder (no config.json); pass the folder the train stage wrote "
                           f"(<run_dir>/train/model) or any Hugging Face causal LM folder")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    try: torch.zeros(1, device=device)
+    except (RuntimeError, AssertionError) as e: raise ConfigError(f"device {device!r} cannot be used here ({str(e).splitlines()[0]}); pass cpu or cuda") from None
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
     tokenizer = AutoTokenizer.from_pretrained(path)
     if tokenizer.pad_token_id is None: tokenizer.pad_token = tokenizer.eos_token
@@ -86,6 +88,7 @@ def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 6
              top_p: float = 1.0, stop=(), num_samples: int = 1, batch_size: int = 16, seed: int | None = None) -> list[list[str]]:
     "Completions of prompt id lists: `num_samples` texts per prompt (greedy when `temperature` is 0), cut at `stop`."
     if temperature < 0 or not 0 < top_p <= 1: raise ConfigError(f"temperature={temperature}, top_p={top_p}: need temperature >= 0 and 0 < top_p <= 1")
+    if max_new_tokens < 1: raise ConfigError(f"max_new_tokens={max_new_tokens}: ask for at least 1 token")
     if temperature == 0 and num_samples > 1: raise ConfigError("num_samples > 1 with temperature 0 gives identical greedy samples; set temperature > 0")
     if seed is not None: torch.manual_seed(seed)
     stop = [s for s in stop or () if s]
@@ -159,9 +162,17 @@ def _add_arguments(p: argparse.ArgumentParser):
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     p.set_defaults(func=run_complete)
 
+def _read_source(file: str) -> str:
+    "The text of `file` (`-` for stdin), or a `ConfigError` naming the file and the fix."
+    if file == "-": return sys.stdin.read()
+    path = Path(file)
+    if not path.is_file(): raise ConfigError(f"{path} is not a file; pass the source file to complete, or - to read stdin")
+    try: return path.read_text()
+    except UnicodeDecodeError: raise ConfigError(f"{path} is not UTF-8 text; pass a source file") from None
+
 def run_complete(args) -> int:
     "Print the completion at the cursor that `args` (parsed by `add_complete_parser`) describes."
-    text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text()
+    text = _read_source(args.file)
     prefix, suffix = split_at_cursor(text, args.line, args.column)
     if args.no_suffix or not suffix.strip(): suffix = None
     model, tokenizer = load_model(args.model, args.device)
@@ -177,10 +188,6 @@ def add_complete_parser(subparsers) -> argparse.ArgumentParser:
     return p
 
 def complete_main(argv: list[str] | None = None) -> int:
-    "`codecomplete complete ...` as a standalone entry point; returns the exit status."
-    parser = argparse.ArgumentParser(prog="codecomplete complete")
-    _add_arguments(parser)
-    args = parser.parse_args(argv)
-    try: return args.func(args)
-    except (ConfigError, FileNotFoundError) as e:
-        print(f"codecomplete complete: {e}", file=sys.stderr); return 2
+    "`codecomplete complete ...` as a standalone entry point; returns the exit status (2 for bad input)."
+    from codecomplete.cli import main
+    return main(["complete", *(sys.argv[1:] if argv is None else argv)])

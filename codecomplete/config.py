@@ -11,7 +11,7 @@ from pathlib import Path
 import yaml
 
 # %% auto #0
-__all__ = ['STAGE_DIRS', 'UPSTREAM', 'MARKER', 'ConfigError', 'setting', 'StageConfig', 'parse_value', 'parse_params',
+__all__ = ['STAGE_DIRS', 'UPSTREAM', 'MARKER', 'ConfigError', 'load_yaml_params', 'setting', 'StageConfig', 'parse_params',
            'stage_dir', 'atomic_write_text', 'atomic_dir', 'upstream_state', 'stage_is_current', 'should_skip',
            'begin_stage', 'finish_stage', 'job_params', 'split_params']
 
@@ -23,35 +23,55 @@ class ConfigError(ValueError):
 def _type_name(tp) -> str:
     return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
 
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    "One line saying what is wrong in a YAML text and where."
+    mark = getattr(e, "problem_mark", None)
+    return (getattr(e, "problem", None) or str(e).replace("\n", " ")) + (f" at line {mark.line + 1}, column {mark.column + 1}" if mark else "")
+
+def _yaml(key: str, text: str, loader=yaml.SafeLoader):
+    "`text` read as YAML, or a `ConfigError` naming `key` and the YAML problem."
+    try: return yaml.load(text, Loader=loader)
+    except yaml.YAMLError as e: raise ConfigError(f"{key}={text!r} is not valid YAML ({_yaml_problem(e)}); check its brackets and quotes") from None
+
+def load_yaml_params(path) -> dict:
+    "The `key: value` mapping of the YAML file `path`, or a `ConfigError` naming the file and the problem."
+    path = Path(path)
+    if not path.is_file(): raise ConfigError(f"config file {path} does not exist; pass a YAML file of key: value lines")
+    try: data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e: raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(e)}") from None
+    if not isinstance(data, dict): raise ConfigError(f"{path} must hold a mapping of key: value, not {type(data).__name__}")
+    return data
+
+_TRUE, _FALSE, _NULL = ("true", "yes", "on", "1"), ("false", "no", "off", "0"), ("null", "none", "~")
+
 def _coerce(key: str, value, tp):
-    "Convert `value` (often a string from a command line) to the field type `tp`, or raise `ConfigError`."
+    "Convert `value` (often the raw text of a command line) to the field type `tp`, or raise `ConfigError`; `str` keeps text as given."
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin in (typing.Union, types.UnionType):
-        if value is None and type(None) in args: return None
+        if type(None) in args and (value is None or isinstance(value, str) and value.strip().lower() in _NULL): return None
         for arg in (a for a in args if a is not type(None)):
             try: return _coerce(key, value, arg)
             except ConfigError: pass
         raise ConfigError(f"{key}={value!r}: expected {_type_name(tp)}")
-    if isinstance(value, str) and tp is not str and origin is None and tp not in (Path,):
-        parsed = yaml.safe_load(value) if value.strip() else value
-        if parsed is not None: value = parsed
-    if origin in (list, tuple):
-        if isinstance(value, str):
-            value = yaml.safe_load(value) if value.strip().startswith("[") else [v for v in value.split(",") if v.strip()]
+    if list in (tp, origin) or tuple in (tp, origin):
+        if isinstance(value, str):  # BaseLoader keeps every item as text; each is converted to the item type below
+            value = _yaml(key, value, yaml.BaseLoader) if value.strip().startswith("[") else [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)): value = [value]
         item = args[0] if args else typing.Any
         items = [v if item is typing.Any else _coerce(key, v, item) for v in value]
-        return list(items) if origin is list else tuple(items)
+        return tuple(items) if tuple in (tp, origin) else list(items)
     if tp is bool:
-        if isinstance(value, bool): return value
-        if isinstance(value, str) and value.lower() in ("true", "yes", "1", "false", "no", "0"): return value.lower() in ("true", "yes", "1")
-        if value in (0, 1): return bool(value)
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE: return value.strip().lower() in _TRUE
+        if isinstance(value, bool) or isinstance(value, (int, float)) and value in (0, 1): return bool(value)
         raise ConfigError(f"{key}={value!r}: expected true or false")
     if tp is int:
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)): raise ConfigError(f"{key}={value!r}: expected an integer")
-        try: f = float(value)
-        except ValueError: raise ConfigError(f"{key}={value!r}: expected an integer") from None
-        if f != int(f): raise ConfigError(f"{key}={value!r}: expected an integer, got a fraction")
+        if isinstance(value, int) and not isinstance(value, bool): return value
+        if isinstance(value, str):
+            try: return int(value)
+            except ValueError: pass
+        try: f = float(value) if isinstance(value, (float, str)) else None
+        except ValueError: f = None
+        if f is None or not f.is_integer(): raise ConfigError(f"{key}={value!r}: expected an integer")
         return int(f)
     if tp is float:
         if isinstance(value, bool): raise ConfigError(f"{key}={value!r}: expected a number")
@@ -61,7 +81,7 @@ def _coerce(key: str, value, tp):
         if isinstance(value, (dict, list)): raise ConfigError(f"{key}={value!r}: expected a string")
         return str(value)
     if tp is Path: return Path(value)
-    if tp in (dict, typing.Any) or origin is dict: return value
+    if dict in (tp, origin) and isinstance(value, str): return _yaml(key, value)
     return value
 
 # %% ../nbs/00_config.ipynb #0f263763
@@ -114,11 +134,7 @@ class StageConfig:
     @classmethod
     def from_yaml(cls, path, **overrides):
         "Build from a YAML mapping file; `overrides` win."
-        path = Path(path)
-        if not path.exists(): raise ConfigError(f"config file {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict): raise ConfigError(f"{path} must hold a mapping of key: value, not {type(data).__name__}")
-        return cls.from_dict(data, **overrides)
+        return cls.from_dict(load_yaml_params(path), **overrides)
 
     def to_dict(self) -> dict:
         "JSON-ready dict of every field."
@@ -131,32 +147,23 @@ class StageConfig:
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @classmethod
-    def describe(cls) -> str:
-        "One line per key: name, type, default and what it does."
+    def describe(cls, skip=()) -> str:
+        "One line per key (except those in `skip`): name, type, default and what it does."
         out = []
-        for f in fields(cls):
+        for f in (f for f in fields(cls) if f.name not in skip):
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             out.append(f"{f.name} ({_type_name(cls._hints()[f.name])}, default {default!r}): {f.metadata.get('doc', '')}")
         return "\n".join(out)
 
 # %% ../nbs/00_config.ipynb #d9564b85
-def parse_value(text: str):
-    "A command-line value as YAML would read it, with `3e-4` read as a number (YAML 1.1 would keep it a string)."
-    if not text.strip(): return ""
-    value = yaml.safe_load(text)
-    if isinstance(value, str):
-        try: return float(value)
-        except ValueError: pass
-    return value
-
 def parse_params(items: list[str] | None) -> dict:
-    "Parse `key=value` strings into a dict of YAML-typed values."
+    "Parse `key=value` strings into a dict of raw texts; each config converts a value to its field's type."
     out = {}
     for item in items or []:
         if "=" not in item: raise ConfigError(f"parameter {item!r} is not key=value; write it as {item}=<value>")
         k, v = item.split("=", 1)
         if not k.strip(): raise ConfigError(f"parameter {item!r} has an empty key")
-        out[k.strip()] = parse_value(v)
+        out[k.strip()] = v
     return out
 
 # %% ../nbs/00_config.ipynb #8042cd96

@@ -93,7 +93,7 @@ class CurateConfig(StageConfig):
             raise ConfigError(f"data_file_chars={self.data_file_chars} must be [min, max] with min <= max")
         for key in ("max_file_bytes", "num_perm", "shingle_size", "shard_bytes", "row_group_bytes"):
             if getattr(self, key) <= 0: raise ConfigError(f"{key}={getattr(self, key)} must be positive")
-        if self.num_workers < 0 or self.max_files < 0: raise ConfigError("num_workers and max_files must be >= 0")
+        if (bad := [k for k in ("num_workers", "max_files") if getattr(self, k) < 0]): raise ConfigError(f"{bad[0]}={getattr(self, bad[0])} must be >= 0 (0 = all)")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.dataset_name): raise ConfigError(f"dataset_name={self.dataset_name!r}: use letters, digits, '.', '_' and '-'")
 
 # %% ../nbs/01_curate.ipynb #2b33c412

@@ -11,8 +11,8 @@ from pathlib import Path
 from .config import ConfigError, atomic_write_text, split_params, stage_is_current
 
 # %% auto #0
-__all__ = ['JOBS', 'PIPELINE', 'Job', 'JobFailed', 'get_job', 'jobs_dir', 'resolve_job', 'run_job', 'pipeline_params',
-           'run_pipeline']
+__all__ = ['JOBS', 'PIPELINE', 'FLAG_KEYS', 'Job', 'JobFailed', 'get_job', 'jobs_dir', 'resolve_job', 'run_folder', 'run_job',
+           'pipeline_params', 'run_pipeline']
 
 # %% ../nbs/09_jobs.ipynb #d3a21937
 @dataclass(frozen=True)
@@ -55,12 +55,40 @@ def jobs_dir() -> Path:
     raise FileNotFoundError(f"job notebooks not found in {package / 'job_notebooks'} nor in {package.parent / 'nbs' / 'jobs'}; reinstall codecomplete")
 
 # %% ../nbs/09_jobs.ipynb #7cb857e9
+FLAG_KEYS = {"force": "force is the --force flag (force=True for run_job)",
+             "run_dir": "the run folder comes from --run NAME (and --runs-root)"}
+
+def _check_job_keys(job: str, params: dict, classes: list):
+    "Raise `ConfigError` for a key that a flag sets, or that `classes` lack but another job takes (naming that job)."
+    for key, fix in FLAG_KEYS.items():
+        if key in params: raise ConfigError(f"-p {key}={params[key]} is not a job parameter: {fix}")
+    for key in (k for k in params if not any(k in c.keys() for c in classes)):
+        owners = [name for name in JOBS if name != job and any(key in c.keys() for c in get_job(name).config_classes())]
+        if not owners: continue
+        also = ", or run pipeline" if job != "pipeline" and set(owners) & set(PIPELINE) else ""
+        here = "the pipeline" if job == "pipeline" else f"the {job} job"
+        raise ConfigError(f"{key} belongs to the {' and '.join(owners)} job{'s' * (len(owners) > 1)}, not {here}: "
+                          f"codecomplete run {owners[0]} --run NAME -p {key}={params[key]}{also}")
+
 def resolve_job(name: str, run_dir, params: dict | None = None, force: bool = False) -> list:
     "The (stage, config) pairs that job `name` would run in `run_dir` with `params`."
     job = get_job(name)
     classes = job.config_classes()
+    _check_job_keys(name, params or {}, classes)
     parts = split_params({**(params or {}), "run_dir": str(run_dir), "force": force}, *classes)
     return [(stage, cls.from_dict(p)) for (stage, _), cls, p in zip(job.stages, classes, parts)]
+
+# %% ../nbs/09_jobs.ipynb #6e1b7d42
+def run_folder(run: str, runs_root="runs") -> Path:
+    "The folder of run `run` under `runs_root`, or a `ConfigError` for a name that is empty, leaves the root, or meets a file."
+    root = Path(runs_root).resolve()
+    run_dir = (root / run).resolve()
+    if not run.strip() or root not in run_dir.parents:
+        raise ConfigError(f"run name {run!r} {'is empty' if not run.strip() else f'leaves {root}'}; pass a folder name such as --run mine")
+    blocker = next((p for p in (run_dir, *run_dir.parents) if p.exists() and not p.is_dir()), None)
+    if blocker: raise ConfigError(f"{blocker} is a file, so run {run!r} cannot be a folder there; move the file away, "
+                                  f"or pick another --run NAME (or --runs-root)")
+    return run_dir
 
 # %% ../nbs/09_jobs.ipynb #7eca8b97
 def _papermill():
@@ -73,7 +101,7 @@ def _papermill():
 
 def run_job(name: str, run: str, params: dict | None = None, force: bool = False, runs_root="runs", quiet: bool = False) -> Path:
     "Execute job `name` for run `run` with papermill unless its stages are finished and current; returns the run folder."
-    run_dir = (Path(runs_root) / run).resolve()
+    run_dir = run_folder(run, runs_root)
     configs = resolve_job(name, run_dir, params, force)
     if not force and all(stage_is_current(cfg, stage) for stage, cfg in configs):
         print(f"[{name}] finished with this config in {run_dir}; skipping (use --force to redo)")
@@ -102,7 +130,8 @@ def pipeline_params(params: dict | None) -> dict:
     params = params or {}
     classes = {name: get_job(name).config_classes() for name in PIPELINE}
     every = [c for cs in classes.values() for c in cs]
-    split_params(params, *every)  # raises on a key that no stage declares
+    _check_job_keys("pipeline", params, every)
+    split_params(params, *every)  # raises on a key that no job declares
     return {name: {k: v for k, v in params.items() if any(k in c.keys() for c in cs)} for name, cs in classes.items()}
 
 def run_pipeline(run: str, params: dict | None = None, force: bool = False, runs_root="runs", quiet: bool = False) -> Path:

@@ -165,7 +165,7 @@ def ladder(cfg: LadderConfig) -> Path:
     if should_skip(cfg, "ladder"): return stage_dir(cfg, "ladder")
     from codecomplete.pack import load_run_tokenizer
     tokens_dir = Path(cfg.run_dir) / "tokens"
-    if not (tokens_dir / "train.json").exists(): raise ConfigError(f"no packed tokens in {tokens_dir}; run the pack stage for this run first")
+    if not (tokens_dir / "train.json").exists(): raise ConfigError(f"no packed tokens in {tokens_dir}; the train job packs them first (codecomplete run train --run {Path(cfg.run_dir).name}), or in Python: from codecomplete.pack import PackConfig, pack; pack(PackConfig(run_dir={str(cfg.run_dir)!r}))")
     vocab = len(load_run_tokenizer(cfg.run_dir))
     out = begin_stage(cfg, "ladder")
     rungs = [rung_plan(cfg, m, vocab) for m in cfg.models]

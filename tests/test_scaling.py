@@ -78,7 +78,7 @@ def test_ladder_end_to_end_then_resumes_without_retraining(packed, one_thread, c
 
 
 def test_ladder_without_packed_tokens_fails_clearly(tmp_path):
-    with pytest.raises(ConfigError, match="no packed tokens .* run the pack stage"):
+    with pytest.raises(ConfigError, match="no packed tokens .*codecomplete run train --run"):
         ladder(LadderConfig(run_dir=str(tmp_path / "empty")))
 
 
