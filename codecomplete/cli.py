@@ -75,3 +75,4 @@ def main(argv: list[str] | None = None) -> int:
     try: return args.func(args)
     except ConfigError as e: return _error(e, 2)
     except (JobFailed, OSError, ImportError) as e: return _error(e, 1)
+    except KeyboardInterrupt: return _error("interrupted; finished stages and checkpoints are kept: rerun the same command to continue", 130)

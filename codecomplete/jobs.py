@@ -4,8 +4,9 @@
 
 # %% ../nbs/09_jobs.ipynb #59c56ee0
 from __future__ import annotations
-import importlib, json, logging, os, sys, time
+import importlib, json, logging, os, signal, sys, threading, time
 import codecomplete
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from .config import ConfigError, atomic_write_text, split_params, stage_is_current
@@ -99,6 +100,33 @@ def _papermill():
     if not logger.filters: logger.addFilter(lambda record: "Passed unknown parameter" not in record.getMessage())
     return papermill
 
+def _child_pids() -> list[int]:
+    "This process's children (a job's kernel among them); none where there is no /proc."
+    if not os.path.isdir("/proc"): return []
+    out = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/stat") as f: ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError): continue
+        if ppid == os.getpid(): out.append(int(pid))
+    return out
+
+@contextmanager
+def _stops_reach_the_kernel():
+    "While a job runs, pass SIGINT/SIGTERM to its kernel as SIGINT (papermill starts it in a session of its own)."
+    if threading.current_thread() is not threading.main_thread(): yield; return
+    def forward(signum, frame):
+        print(f"[job] {signal.Signals(signum).name}: asking the job to stop (a training saves a checkpoint first); send it again to stop at once",
+              file=sys.stderr, flush=True)
+        for pid in _child_pids():
+            try: os.killpg(pid, signal.SIGINT)
+            except (ProcessLookupError, PermissionError): pass
+        signal.signal(signum, previous[signum])
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try: yield
+    finally:
+        for s, handler in previous.items(): signal.signal(s, handler)
+
 def run_job(name: str, run: str, params: dict | None = None, force: bool = False, runs_root="runs", quiet: bool = False) -> Path:
     "Execute job `name` for run `run` with papermill unless its stages are finished and current; returns the run folder."
     run_dir = run_folder(run, runs_root)
@@ -115,10 +143,13 @@ def run_job(name: str, run: str, params: dict | None = None, force: bool = False
     print(f"[{name}] running {job.notebook} -> {out_nb}")
     start = time.time()
     try:
-        pm.execute_notebook(str(jobs_dir() / job.notebook), str(out_nb), parameters=resolved, kernel_name="python3",
-                            cwd=os.getcwd(), progress_bar=not quiet, stdout_file=None if quiet else sys.stdout,
-                            stderr_file=None if quiet else sys.stderr)
+        with _stops_reach_the_kernel(): pm.execute_notebook(str(jobs_dir() / job.notebook), str(out_nb), parameters=resolved, kernel_name="python3",
+                                                          cwd=os.getcwd(), progress_bar=not quiet, stdout_file=None if quiet else sys.stdout,
+                                                          stderr_file=None if quiet else sys.stderr)
     except pm.PapermillExecutionError as e:
+        if e.ename == "KeyboardInterrupt":
+            raise JobFailed(f"job {name!r} was stopped in cell {e.exec_count}; finished stages and checkpoints are kept: rerun the same "
+                            f"command to continue (the partly executed notebook is kept at {out_nb})") from None
         raise JobFailed(f"job {name!r} failed in cell {e.exec_count} with {e.ename}: {e.evalue}\n"
                         f"the partly executed notebook is kept at {out_nb}") from None
     print(f"[{name}] done in {time.time() - start:.1f}s")

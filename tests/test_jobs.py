@@ -131,3 +131,21 @@ def test_job_parameters_cells_name_every_setting_and_keep_no_defaults_of_their_o
         keys = {k for cls in job.config_classes() for k in cls.keys()}
         assert set(names) == keys, (name, set(names) ^ keys)
         assert names.pop("run_dir") == "runs/default" and set(names.values()) == {None}, name
+
+
+def test_sigterm_to_the_runner_reaches_the_training_which_checkpoints_then_resumes(tmp_path):
+    from codecomplete.pack import sample_run
+    run = tmp_path / "runs" / "sig"
+    sample_run(run, n_files=8, vocab_size=400)
+    args = ["run", "train", "--run", "sig", "-p", "preset=tiny", "-p", "seq_len=64", "-p", "micro_batch=4", "-p", "batch_tokens=256",
+            "-p", "warmup_steps=2", "-p", "save_every=1000000", "-p", "eval_every=1000000", "-p", "log_every=1"]
+    proc = subprocess.Popen(CLI + args + ["-p", "max_steps=100000"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log, deadline = run / "train" / "log.jsonl", time.time() + 180
+    while time.time() < deadline and not (log.exists() and '"loss"' in log.read_text()): time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)  # to the runner alone, as a container runtime does: the kernel lives in a session of its own
+    _, err = proc.communicate(timeout=180)
+    assert proc.returncode == 1 and "was stopped" in err, err[-2000:]
+    saved = [int(p.name.split("-")[1]) for p in (run / "train" / "checkpoints").glob("step-*")]
+    assert len(saved) == 1 and saved[0] >= 1  # only the stop can have saved it: save_every is a million
+    resumed = cli(*args, "-p", "max_steps=100000", "-p", f"stop_at_step={saved[0] + 2}", cwd=tmp_path)  # the same config
+    assert f"resuming from {run / 'train' / 'checkpoints'}" in resumed.stdout and f"stopped at step {saved[0] + 2}" in resumed.stdout
