@@ -12,9 +12,9 @@ from .config import ConfigError
 from .tokenizer import encode_texts
 
 # %% auto #0
-__all__ = ['FIM_TOKENS', 'fim_ids', 'prompt_ids', 'save_random_model', 'load_model', 'truncate_at_stop', 'generate',
-           'heal_prefix', 'healed', 'complete', 'split_at_cursor', 'run_complete', 'add_complete_parser',
-           'complete_main']
+__all__ = ['FIM_TOKENS', 'fim_ids', 'window_ids', 'prompt_ids', 'prompt_room', 'save_random_model', 'load_model',
+           'truncate_at_stop', 'generate', 'heal_prefix', 'healed', 'complete', 'split_at_cursor', 'run_complete',
+           'add_complete_parser', 'complete_main']
 
 # %% ../nbs/06_complete.ipynb #96b02d91
 FIM_TOKENS = ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")
@@ -32,12 +32,32 @@ def fim_ids(tokenizer) -> list[int]:
                                   f"complete without a suffix, or use a model trained with FIM (codecomplete's pack stage)")
     return [vocab[t] for t in FIM_TOKENS]
 
-def prompt_ids(tokenizer, prefix: str, suffix: str | None = None) -> list[int]:
-    "The prompt's token ids: `bos` prefix (left to right) or `bos <fim_prefix> prefix <fim_suffix> suffix <fim_middle>`."
+def window_ids(prefix: list[int], suffix: list[int], room: int) -> tuple[list[int], list[int]]:
+    "The last ids of `prefix` and the first of `suffix`, `room` at most in all: the suffix gets a quarter, or what the prefix leaves."
+    keep_suffix = min(len(suffix), max(room // 4, room - len(prefix)))
+    keep_prefix = min(len(prefix), room - keep_suffix)
+    return prefix[len(prefix) - keep_prefix:], suffix[:keep_suffix]
+
+def prompt_ids(tokenizer, prefix: str, suffix: str | None = None, max_len: int | None = None) -> list[int]:
+    "The prompt's ids, `bos` prefix or `bos <fim_prefix> prefix <fim_suffix> suffix <fim_middle>`, windowed to `max_len` tokens."
     start = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    if suffix is None: return start + _encode(tokenizer, prefix)
-    pre, suf, mid = fim_ids(tokenizer)
-    return start + [pre] + _encode(tokenizer, prefix) + [suf] + _encode(tokenizer, suffix) + [mid]
+    sentinels = [] if suffix is None else fim_ids(tokenizer)
+    before, after = _encode(tokenizer, prefix), _encode(tokenizer, suffix or "")
+    if max_len is not None:
+        room = max_len - len(start + sentinels)
+        if room < 0: raise ConfigError(f"max_len={max_len} cannot hold the prompt's {len(start + sentinels)} special tokens; "
+                                       f"lower max_new_tokens to leave the prompt more of the model's positions")
+        before, after = window_ids(before, after, room)
+    if suffix is None: return start + before
+    pre, suf, mid = sentinels
+    return start + [pre] + before + [suf] + after + [mid]
+
+def prompt_room(model, max_new_tokens: int) -> int | None:
+    "How many prompt tokens fit in `model`'s positions beside `max_new_tokens` new ones (None: no limit)."
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit and max_new_tokens >= limit:
+        raise ConfigError(f"max_new_tokens={max_new_tokens} alone fills the model's {limit} positions; pick max_new_tokens below {limit}")
+    return limit - max_new_tokens if limit else None
 
 # %% ../nbs/06_complete.ipynb #bd7ce4a3
 def save_random_model(model_dir, tokenizer_dir, preset: str = "tiny", seed: int = 0) -> Path:
@@ -132,8 +152,8 @@ def complete(prefix: str, suffix: str | None = None, model=None, tokenizer=None,
     if model is None or isinstance(model, (str, Path)): model, tokenizer = load_model(str(model or "runs/default/train/model"))
     if tokenizer is None: raise ConfigError("pass the tokenizer with a loaded model, or pass a model folder as model=")
     body, whitespace = heal_prefix(prefix)
-    texts = generate(model, tokenizer, [prompt_ids(tokenizer, body, suffix)], max_new_tokens, temperature, top_p, stop,
-                     num_samples, batch_size=num_samples, seed=seed)[0]
+    prompt = prompt_ids(tokenizer, body, suffix, prompt_room(model, max_new_tokens))
+    texts = generate(model, tokenizer, [prompt], max_new_tokens, temperature, top_p, stop, num_samples, batch_size=num_samples, seed=seed)[0]
     texts = [healed(t, whitespace) for t in texts]
     return texts[0] if num_samples == 1 else texts
 

@@ -13,13 +13,13 @@ import torch
 import torch.nn.functional as F
 from .config import (ConfigError, StageConfig, atomic_write_text, begin_stage, finish_stage, setting,
                                  should_skip, stage_dir)
-from .complete import _encode, fim_ids, generate, load_model, prompt_ids
+from .complete import _encode, fim_ids, generate, load_model, prompt_ids, prompt_room
 from .sandbox import Limits, check_completion, mean_pass_at_k
 
 # %% auto #0
 __all__ = ['CODEX_STOP', 'EvaluateConfig', 'read_test_texts', 'bits_per_byte', 'fim_cases', 'fim_exact_match', 'samples_key',
            'load_samples', 'run_humaneval', 'humaneval_summary', 'run_fim', 'plot_results', 'card_section',
-           'update_model_card', 'evaluate']
+           'update_model_card', 'write_card_section', 'evaluate']
 
 # %% ../nbs/07_evaluate.ipynb #a9aa0ae1
 CODEX_STOP = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
@@ -154,11 +154,11 @@ def run_humaneval(cfg: EvaluateConfig, model, tokenizer, out: Path, key: str) ->
             with open(path, "a") as f: f.write(json.dumps(record) + "\n"); f.flush()
             records.append(record)
 
-    per_call = max(1, cfg.batch_size // cfg.num_samples)
+    per_call, room = max(1, cfg.batch_size // cfg.num_samples), prompt_room(model, cfg.max_new_tokens)
     with ThreadPoolExecutor(cfg.workers or os.cpu_count() or 1) as pool:
         futures = []
         for index, problem, missing in todo:
-            prompt = prompt_ids(tokenizer, problem["prompt"])
+            prompt = prompt_ids(tokenizer, problem["prompt"], max_len=room)
             texts = generate(model, tokenizer, [prompt], cfg.max_new_tokens, cfg.temperature, cfg.top_p, CODEX_STOP,
                              num_samples=len(missing), batch_size=max(per_call, len(missing)), seed=cfg.seed + index)[0]
             futures += [pool.submit(execute_and_record, problem, j, text) for j, text in zip(missing, texts)]
@@ -183,7 +183,8 @@ def run_fim(cfg: EvaluateConfig, model, tokenizer) -> dict:
     try: fim_ids(tokenizer)
     except ConfigError as e: return {"skipped": str(e)}
     cases = fim_cases(list(read_problems().values())[:cfg.num_problems or 164], cfg.fim_max_cases)
-    prompts = [prompt_ids(tokenizer, c["prefix"], c["suffix"]) for c in cases]
+    room = prompt_room(model, cfg.fim_max_new_tokens)
+    prompts = [prompt_ids(tokenizer, c["prefix"], c["suffix"], room) for c in cases]
     texts = [t[0] for t in generate(model, tokenizer, prompts, cfg.fim_max_new_tokens, stop=["\n"], batch_size=cfg.batch_size)]
     hits = [fim_exact_match(t, c["target"]) for t, c in zip(texts, cases)]
     return {"cases": len(cases), "exact_match": float(np.mean(hits)) if hits else float("nan"),
@@ -226,9 +227,21 @@ def update_model_card(model_dir: Path, section: str) -> Path:
     atomic_write_text(card, text.rstrip("\n") + "\n\n" + section)
     return card
 
+def write_card_section(cfg: EvaluateConfig, model_dir: Path, out: Path, results: dict) -> Path:
+    "Update the run's own model card and its `evaluation.png`; a model from elsewhere is left untouched, its section put in `out`."
+    section = out / "model_card_section.md"
+    if model_dir.resolve() == (Path(cfg.run_dir) / "train" / "model").resolve():
+        section.unlink(missing_ok=True)
+        shutil.copyfile(out / "summary.png", model_dir / "evaluation.png")
+        return update_model_card(model_dir, card_section(results, "evaluation.png"))
+    atomic_write_text(section, card_section(results, "summary.png"))
+    print(f"evaluate: {model_dir} is not this run's model (<run_dir>/train/model), so its model card was left untouched; "
+          f"the evaluation section is in {section}")
+    return section
+
 # %% ../nbs/07_evaluate.ipynb #da652f64
 def evaluate(cfg: EvaluateConfig) -> Path:
-    "Score the model folder: bits per byte, HumanEval pass@k, FIM exact match; writes `eval/` and the model card."
+    "Score the model folder: bits per byte, HumanEval pass@k, FIM exact match; writes `eval/` and the run's model card."
     if should_skip(cfg, "evaluate"): return stage_dir(cfg, "evaluate")
     model_dir = cfg.resolved_model_dir()
     if not (model_dir / "config.json").exists():
@@ -249,8 +262,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     results["finished"] = time.strftime("%Y-%m-%d %H:%M")
     atomic_write_text(out / "results.json", json.dumps(results, indent=2))
     plot_results(results, out / "summary.png")
-    shutil.copyfile(out / "summary.png", model_dir / "evaluation.png")
-    update_model_card(model_dir, card_section(results, "evaluation.png"))
+    write_card_section(cfg, model_dir, out, results)
     summary = {k: v for k, v in {**results.get("bpb", {}), **results.get("humaneval", {}), **results.get("fim", {})}.items()
                if k in ("bits_per_byte", "perplexity", "pass@1", "pass@10", "pass@100", "exact_match")}
     return finish_stage(cfg, "evaluate", summary)

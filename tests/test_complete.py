@@ -1,7 +1,8 @@
-"""complete(): text only, stop sequences, the FIM prompt, batching, and the command line on a file and on stdin."""
-import subprocess, sys
+"""complete(): text only, stop sequences, the FIM prompt, batching, long files, and the command line on a file and on stdin."""
+import argparse, subprocess, sys
+from pathlib import Path
 import pytest, torch
-from codecomplete.complete import complete, generate, load_model, prompt_ids, save_random_model
+from codecomplete.complete import complete, generate, load_model, prompt_ids, save_random_model, split_at_cursor
 from codecomplete.config import ConfigError
 from codecomplete.pack import sample_run
 
@@ -56,7 +57,7 @@ def test_sampling_is_seeded_and_bad_settings_are_clear(model_dir):
     a = complete("x", model=model, tokenizer=tok, max_new_tokens=8, temperature=1.0, num_samples=3, seed=5)
     assert a == complete("x", model=model, tokenizer=tok, max_new_tokens=8, temperature=1.0, num_samples=3, seed=5)
     with pytest.raises(ConfigError, match="top_p"): complete("x", model=model, tokenizer=tok, top_p=0)
-    with pytest.raises(ConfigError, match="positions"): complete("x" * 5000, model=model, tokenizer=tok)
+    with pytest.raises(ConfigError, match="positions"): complete("x", model=model, tokenizer=tok, max_new_tokens=model.config.max_position_embeddings)
     with pytest.raises(ConfigError, match="not a model folder"): load_model(str(model_dir.parent))
 
 
@@ -76,3 +77,17 @@ def test_cli_on_a_file_and_on_stdin(model_dir, tmp_path):
     assert from_stdin.returncode == 0 and from_stdin.stdout == expected, from_stdin
     bad = _cli(str(path), "--line", "9", "--model", str(model_dir))
     assert bad.returncode == 2 and "--line 9" in bad.stderr
+
+
+def test_completes_in_the_middle_of_a_long_real_file(model_dir):
+    model, tok = load_model(str(model_dir))
+    source = Path(argparse.__file__).read_text()
+    prefix, suffix = split_at_cursor(source, len(source.splitlines()) // 2)
+    limit = model.config.max_position_embeddings
+    assert len(prompt_ids(tok, prefix)) > limit and len(prompt_ids(tok, "", suffix)) > limit  # both sides need the window
+    assert isinstance(complete(prefix, suffix, model, tok, max_new_tokens=8), str)
+    assert isinstance(complete(prefix, model=model, tokenizer=tok, max_new_tokens=8), str)
+    line = str(len(source.splitlines()) // 2)
+    for extra in ([], ["--no-suffix"]):
+        done = _cli(argparse.__file__, "--line", line, "--model", str(model_dir), "--max-new-tokens", "8", *extra)
+        assert done.returncode == 0, done.stderr

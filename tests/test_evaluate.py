@@ -88,3 +88,13 @@ def test_bad_inputs_fail_before_any_work(tmp_path, run):
         ev.evaluate(ev.EvaluateConfig(run_dir=str(tmp_path), model_dir=str(run / "train" / "model")))
     assert not (tmp_path / "eval").exists()
     with pytest.raises(ConfigError, match="164"): ev.EvaluateConfig(num_problems=200)
+
+
+def test_another_folders_model_is_left_untouched(tmp_path, run):
+    model_dir = run / "train" / "model"
+    before = {p.name: p.read_bytes() for p in model_dir.iterdir()}
+    cfg = ev.EvaluateConfig(run_dir=str(tmp_path), model_dir=str(model_dir), test_data=str(run / "data" / "test"), num_problems=1,
+                            **{**TINY, "fim_max_cases": 1})
+    out = ev.evaluate(cfg)
+    assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == before
+    assert "## Evaluation" in (out / "model_card_section.md").read_text() and (out / "summary.png").exists()
