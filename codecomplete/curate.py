@@ -4,7 +4,7 @@
 
 # %% ../nbs/01_curate.ipynb #06afb3d4
 from __future__ import annotations
-import gzip, hashlib, json, multiprocessing as mp, os, re, shutil, stat, subprocess, sysconfig, threading, time
+import gzip, hashlib, json, multiprocessing as mp, os, re, shutil, signal, stat, subprocess, sys, sysconfig, threading, time
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -34,7 +34,7 @@ LANGUAGES = list(EXTENSIONS)
 LANG_BY_EXT = {ext: lang for lang, exts in EXTENSIONS.items() for ext in exts}
 DATA_LANGUAGES = {"json", "yaml"}
 SPLITS = ("train", "validation", "test")
-REASONS = ("unsupported_language", "language_not_selected", "symlink", "unreadable", "too_large", "binary", "undecodable",
+REASONS = ("unsupported_language", "language_not_selected", "symlink", "unreadable", "too_large", "binary", "undecodable", "undecodable_path",
            "malformed_record", "data_file_size", "auto_generated", "max_line_length", "avg_line_length", "alphanum_fraction",
            "contaminated", "exact_duplicate", "near_duplicate")
 
@@ -85,15 +85,22 @@ class CurateConfig(StageConfig):
         if bad: raise ConfigError(f"languages: unknown {bad}; choose from {', '.join(LANGUAGES)}")
         if not self.languages: raise ConfigError("languages is empty; name at least one of " + ", ".join(LANGUAGES))
         if self.group_by not in ("source", "file"): raise ConfigError(f"group_by={self.group_by!r}: use 'source' or 'file'")
-        for key in ("validation_fraction", "test_fraction"):
-            if not 0 <= getattr(self, key) < 1: raise ConfigError(f"{key}={getattr(self, key)} must be in [0, 1)")
+        if not 0 < self.validation_fraction < 1:
+            raise ConfigError(f"validation_fraction={self.validation_fraction} must be in (0, 1): the train stage needs a validation split; "
+                              "use e.g. 0.05, with group_by=file when the sources are a single repository")
+        if not 0 <= self.test_fraction < 1: raise ConfigError(f"test_fraction={self.test_fraction} must be in [0, 1) (0 = no test split)")
         if self.validation_fraction + self.test_fraction >= 1: raise ConfigError("validation_fraction + test_fraction must be below 1 to leave a train split")
         if not 0 < self.near_dedup_threshold <= 1: raise ConfigError(f"near_dedup_threshold={self.near_dedup_threshold} must be in (0, 1]")
-        if len(self.data_file_chars) != 2 or self.data_file_chars[0] > self.data_file_chars[1]:
-            raise ConfigError(f"data_file_chars={self.data_file_chars} must be [min, max] with min <= max")
+        if len(self.data_file_chars) != 2 or not 0 <= self.data_file_chars[0] <= self.data_file_chars[1]:
+            raise ConfigError(f"data_file_chars={self.data_file_chars} must be [min, max] with 0 <= min <= max")
         for key in ("max_file_bytes", "num_perm", "shingle_size", "shard_bytes", "row_group_bytes"):
             if getattr(self, key) <= 0: raise ConfigError(f"{key}={getattr(self, key)} must be positive")
-        if (bad := [k for k in ("num_workers", "max_files") if getattr(self, k) < 0]): raise ConfigError(f"{bad[0]}={getattr(self, bad[0])} must be >= 0 (0 = all)")
+        for key, ok, valid in (("max_line_length", self.max_line_length >= 1, ">= 1"), ("max_avg_line_length", self.max_avg_line_length >= 1, ">= 1"),
+                               ("min_alphanum_fraction", 0 <= self.min_alphanum_fraction <= 1, "[0, 1] (0 = keep all)"),
+                               ("auto_generated_lines", self.auto_generated_lines >= 0, ">= 0 (0 = no check)"),
+                               ("decontaminate_min_chars", self.decontaminate_min_chars >= 1, ">= 1"),
+                               ("num_workers", self.num_workers >= 0, ">= 0 (0 = all cores)"), ("max_files", self.max_files >= 0, ">= 0 (0 = all)")):
+            if not ok: raise ConfigError(f"{key}={getattr(self, key)} is out of range; use {valid}")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.dataset_name): raise ConfigError(f"dataset_name={self.dataset_name!r}: use letters, digits, '.', '_' and '-'")
 
 # %% ../nbs/01_curate.ipynb #2b33c412
@@ -232,6 +239,11 @@ def _init_worker(cfg: CurateConfig):
     _WORKER.update(cfg=cfg, minhash=MinHasher(cfg.num_perm, seed=cfg.seed),
                    decon=Decontaminator(cfg.decontaminate_min_chars) if cfg.decontaminate else None)
 
+def _utf8(text: str) -> bool:
+    "Whether `text` encodes as UTF-8 (a non-UTF-8 file name decodes to surrogates that do not)."
+    try: text.encode("utf-8"); return True
+    except UnicodeEncodeError: return False
+
 def _read(file: str, limit: int) -> bytes | str:
     "The bytes of `file`, or the removal reason."
     try: st = os.lstat(file)
@@ -261,6 +273,7 @@ def examine(item) -> tuple:
     "(reason, detail) for a removed item, or ('kept', record, exact hash, signature, PII counts)."
     source, path, group, license, file, content, reason = item
     if reason: return reason, None
+    if not all(map(_utf8, (source, path, group, license))): return "undecodable_path", None
     cfg, minhash, decon = _WORKER["cfg"], _WORKER["minhash"], _WORKER["decon"]
     data = _read(file, cfg.max_file_bytes) if file else None
     if isinstance(data, str): return data, None
@@ -303,6 +316,17 @@ def assign_splits(group_bytes: dict[str, int], fractions: dict[str, float], seed
     return out
 
 # %% ../nbs/01_curate.ipynb #3ab42ac5
+def _die_with_parent(parent: int):
+    "Have Linux kill this process when `parent` dies (no orphaned workers after a SIGTERM); exit if it already has."
+    if sys.platform.startswith("linux"):
+        import ctypes
+        ctypes.CDLL(None).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent: os._exit(1)
+
+def _init_pool_worker(cfg: CurateConfig, parent: int):
+    "Initializer of a pool worker: tie its life to the parent's, then `_init_worker`."
+    _die_with_parent(parent); _init_worker(cfg)
+
 def _examined(items, cfg: CurateConfig, workers: int):
     "`examine` over `items` in input order, in `workers` processes with a bounded number of items in flight."
     if workers == 1:
@@ -314,7 +338,7 @@ def _examined(items, cfg: CurateConfig, workers: int):
                 if stop.is_set(): return
             yield item
     ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with ctx.Pool(workers, _init_worker, (cfg,)) as pool:
+    with ctx.Pool(workers, _init_pool_worker, (cfg, os.getpid())) as pool:
         try:
             for result in pool.imap(examine, feed(), chunksize=4):
                 window.release(); yield result
@@ -417,6 +441,19 @@ def write_splits(spool: Spool, keep: np.ndarray, split_codes: np.ndarray, folder
 class EmptyDatasetError(RuntimeError):
     "No input file survived curation."
 
+def _alive(pid: int) -> bool:
+    "Whether process `pid` runs (on this machine)."
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: pass
+    return True
+
+def _remove_stale_spools(out: Path):
+    "Delete the `.spool-<pid>` folders in `out` of curate processes that were killed (they no longer run)."
+    for folder in out.glob(".spool-*"):
+        pid = folder.name.removeprefix(".spool-")
+        if pid.isdigit() and not _alive(int(pid)): shutil.rmtree(folder, ignore_errors=True)
+
 def _dedup_and_split(spool: Spool, signatures: np.ndarray, cfg: CurateConfig):
     near = np.zeros(len(spool.sizes), dtype=bool)
     if cfg.near_dedup and len(near):
@@ -464,6 +501,7 @@ def curate(cfg: CurateConfig) -> Path:
     if should_skip(cfg, "curate"): return stage_dir(cfg, "curate")
     sources = resolve_sources(cfg)
     out = begin_stage(cfg, "curate")
+    _remove_stale_spools(out)
     spool_dir = out / f".spool-{os.getpid()}"
     started = time.perf_counter()
     try:
@@ -485,7 +523,9 @@ def curate(cfg: CurateConfig) -> Path:
     atomic_write_text(out / "stats.json", json.dumps(stats, indent=2))
     card = write_card(stats, out / "card", Path(cfg.card_dir) if cfg.card_dir else None)
     elapsed = time.perf_counter() - started
-    for split in (s for s in SPLITS if not stats["splits"][s]["files"]):
-        print(f"curate: note: the {split} split is empty ({len(split_of)} groups for {len(SPLITS)} splits); add sources or set {split}_fraction=0")
+    fill = "add sources" + ("" if cfg.group_by == "file" else ", or set group_by=file to hold out files rather than whole repositories")
+    for split in (s for s in SPLITS if not stats["splits"][s]["files"] and getattr(cfg, f"{s}_fraction", 1)):
+        need = ", and the train stage needs it" if split == "validation" else ""
+        print(f"curate: note: the {split} split is empty ({len(split_of)} groups for {len(SPLITS)} splits){need}; {fill}")
     print(f"curate: {stats['kept']}/{stats['seen']} files kept ({stats['kept_bytes'] / 1e6:.1f} MB) in {elapsed:.1f}s -> {out}; card {card}")
     return finish_stage(cfg, "curate", {"seen": stats["seen"], "kept": stats["kept"], "kept_bytes": stats["kept_bytes"], "seconds": round(elapsed, 2)})

@@ -117,7 +117,7 @@ Every input file is accounted for: {stats['kept']} kept + {removed} removed = {s
 
 - Quality filters (StarCoder): files over {f['max_file_bytes']} bytes, a line over {f['max_line_length']} characters, mean line
   length over {f['max_avg_line_length']}, alphanumeric fraction under {f['min_alphanum_fraction']}, "auto-generated" markers in
-  the first lines, binary or non-UTF-8 content, JSON/YAML outside {f['data_file_chars'][0]}-{f['data_file_chars'][1]} characters.
+  the first lines, binary or non-UTF-8 content, non-UTF-8 file names, JSON/YAML outside {f['data_file_chars'][0]}-{f['data_file_chars'][1]} characters.
 - Exact deduplication on a hash of whitespace-normalized content; near deduplication with MinHash ({f['num_perm']} permutations,
   {f['shingle_size']}-token shingles) and LSH at Jaccard {f['near_dedup_threshold']}, keeping the first file of each cluster.
 - PII redaction ({'on' if f['redact_pii'] else 'off'}): {pii['email']} emails, {pii['ip_address']} IP addresses, {pii['key']} keys and

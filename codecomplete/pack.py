@@ -104,11 +104,13 @@ def token_dtype(vocab_size: int):
     return np.uint16 if vocab_size <= 2**16 else np.uint32
 
 def split_shards(cfg: PackConfig, split: str) -> list[Path]:
-    "The parquet shards of `split`, or a `ConfigError` saying which stage to run."
-    shards = sorted((Path(cfg.run_dir) / "data" / split).glob("*.parquet"))
-    if not shards: raise ConfigError(f"no parquet shards in {Path(cfg.run_dir) / 'data' / split}; run the curate stage first "
-                                     f"or drop {split!r} from splits")
-    return shards
+    "The parquet shards of `split`, or a `ConfigError` saying which stage to run or how to fill the split."
+    folder = Path(cfg.run_dir) / "data" / split
+    if shards := sorted(folder.glob("*.parquet")): return shards
+    if not folder.is_dir(): raise ConfigError(f"no curated {split!r} split in {folder}; run the curate stage first or drop {split!r} from splits")
+    need = "the train stage needs it" if split in ("train", "validation") else f"drop {split!r} from splits"
+    raise ConfigError(f"the curated {split!r} split in {folder} is empty; {need}, or rerun curate (force=True) with more sources "
+                      "or with group_by=file, which holds out files rather than whole repositories")
 
 def pack_split(cfg: PackConfig, split: str, shards: list[Path], tok, out: Path) -> dict:
     "Tokenize one split into `<split>.bin` + `.idx` + `.json`, streaming; returns its metadata."

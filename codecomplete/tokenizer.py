@@ -210,7 +210,11 @@ def train_tokenizer(cfg: TokenizerConfig) -> Path:
     if not any(t for texts in texts_of(train) for t in texts):
         raise ValueError(f"the train split in {train[0].parent} has no text; check the curate stage's filters and sources")
     out = begin_stage(cfg, "tokenizer")
-    if bpe is None: bpe = train_bpe(texts_of(train), cfg.vocab_size)
+    if bpe is None:
+        bpe = train_bpe(texts_of(train), cfg.vocab_size)
+        if (n := bpe.get_vocab_size()) < cfg.vocab_size:
+            print(f"tokenizer: note: the train split supports only {n} tokens; the vocabulary has {n}, not vocab_size={cfg.vocab_size}; "
+                  "add data or lower vocab_size (later stages use the vocabulary's real size)")
     else: print(f"tokenizer: taking the {bpe.get_vocab_size()}-token tokenizer of init_from={cfg.init_from}; vocab_size is ignored")
     save_tokenizer(bpe, out)
     baseline = train_bpe(texts_of(train), bpe.get_vocab_size(), pattern=None)
@@ -234,7 +238,7 @@ def compression_report(cfg: TokenizerConfig, bpe: Tokenizer, baseline: Tokenizer
         m = measure({"code": truncate(bpe, n), "baseline": truncate(baseline, n)}, sorted((data / sweep_split).glob("*.parquet")))["all"]
         sweep.append({"vocab_size": n, "code_bytes_per_token": m["code_bytes_per_token"],
                       "baseline_bytes_per_token": m["baseline_bytes_per_token"]})
-    return {"vocab_size": vocab_size, "special_tokens": dict(zip(SPECIAL_TOKENS, range(len(SPECIAL_TOKENS)))),
+    return {"vocab_size": vocab_size, "requested_vocab_size": None if cfg.init_from else cfg.vocab_size, "special_tokens": dict(zip(SPECIAL_TOKENS, range(len(SPECIAL_TOKENS)))),
             "init_from": cfg.init_from, "pre_tokenizer": "the init_from model's" if cfg.init_from else CODE_PATTERN,
             "baseline": "GPT-2 ByteLevel pre-tokenizer, same data and vocab_size",
             "splits": splits, "sweep_split": sweep_split, "sweep": sweep}

@@ -62,6 +62,12 @@ class TrainConfig(StageConfig):
         if self.batch_tokens % (self.seq_len * self.micro_batch):
             raise ConfigError(f"batch_tokens={self.batch_tokens} is not a multiple of seq_len*micro_batch={self.seq_len * self.micro_batch}; "
                               f"use e.g. batch_tokens={self.seq_len * self.micro_batch * max(1, round(self.batch_tokens / (self.seq_len * self.micro_batch)))}")
+        for key, ok, valid in (("lr", math.isfinite(self.lr) and self.lr > 0, "a finite number above 0, e.g. 1e-3"),
+                               ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "[0, 1]"), ("beta1", 0 <= self.beta1 < 1, "[0, 1)"),
+                               ("beta2", 0 <= self.beta2 < 1, "[0, 1)"), ("weight_decay", self.weight_decay >= 0, ">= 0"),
+                               ("grad_clip", self.grad_clip >= 0, ">= 0 (0 = off)"), ("stop_at_step", self.stop_at_step >= 0, ">= 0 (0 = run to max_steps)"),
+                               ("peak_tflops", self.peak_tflops >= 0, ">= 0 (0 = look the card up)")):
+            if not ok: raise ConfigError(f"{key}={getattr(self, key)} is out of range; use {valid}")
         if not 0 <= self.warmup_steps < self.max_steps: raise ConfigError(f"warmup_steps={self.warmup_steps} must be below max_steps={self.max_steps}")
         if self.precision not in ("auto", "bf16", "fp32"): raise ConfigError(f"precision={self.precision!r}: use auto, bf16 or fp32")
         if self.distributed not in ("ddp", "fsdp"): raise ConfigError(f"distributed={self.distributed!r}: use ddp or fsdp")
@@ -187,7 +193,10 @@ def read_log(run_dir) -> list[dict]:
 def check_inputs(cfg: TrainConfig, world: int, tok) -> dict:
     "Validate the run's inputs for `world` processes; returns the train and validation metadata and `accum`."
     tokens = stage_dir(cfg, "pack")
-    metas = {split: read_meta(tokens, split) for split in ("train", "validation")}
+    metas = {"train": read_meta(tokens, "train")}
+    try: metas["validation"] = read_meta(tokens, "validation")
+    except ConfigError: raise ConfigError(f"no packed 'validation' tokens in {tokens}, and the train stage evaluates on them; pack the "
+                                          "validation split too (keep it in the pack stage's splits)") from None
     for split, meta in metas.items():
         if meta["vocab_size"] != len(tok):
             raise ConfigError(f"{split} tokens were packed with a {meta['vocab_size']}-token tokenizer, the run's has {len(tok)}; "
@@ -391,15 +400,16 @@ def launch(cfg: TrainConfig) -> Path:
 def model_card(cfg: TrainConfig, config, plan: dict, step: int, loss: float | None, evaluation: dict | None) -> str:
     "README.md of a trained model: data, configuration, tokens seen and losses."
     train, val = plan["train"], plan["validation"]
+    origin, seen = (f"fine-tuned from `{cfg.init_from}`", "tokens seen in this fine-tuning only") if cfg.init_from else ("trained from scratch", "tokens seen")
     lines = ["---", "library_name: transformers", "pipeline_tag: text-generation", "tags: [code, causal-lm, llama, fill-in-the-middle]", "---",
              f"# {Path(cfg.run_dir).name}: a {count_params(config)['total'] / 1e6:.1f}M-parameter code model", "",
-             "Llama-architecture causal LM trained from scratch by the codecomplete pipeline; it infills with "
+             f"Llama-architecture causal LM {origin} by the codecomplete pipeline; it infills with "
              "`<fim_prefix>`prefix`<fim_suffix>`suffix`<fim_middle>` and stops at `<|endoftext|>`.", "",
              "## Data", f"- train: {train['docs']:,} documents, {train['count']:,} tokens, {train['bytes']:,} bytes; "
              f"FIM rate {train['fim']['rate']} (PSM {train['fim']['psm']:,}, SPM {train['fim']['spm']:,} documents)",
              f"- validation: {val['docs']:,} documents, {val['count']:,} tokens", "",
-             "## Training", f"- steps: {step:,}; tokens seen: {step * cfg.batch_tokens:,} "
-             f"({step * cfg.batch_tokens / max(train['count'], 1):.2f} epochs)",
+             "## Training", f"- steps: {step:,}; {seen}: {step * cfg.batch_tokens:,} "
+             f"({step * cfg.batch_tokens / max(train['count'], 1):.2f} epochs of the train split above)",
              f"- final training loss: {loss:.4f} nats/token" if loss is not None else "- final training loss: not logged",
              (f"- validation loss: {evaluation['val_loss']:.4f} nats/token, {evaluation['val_bpb']:.4f} bits/byte" if evaluation else "- validation: not run"), "",
              "## Configuration", "```json", json.dumps({"model": {k: getattr(config, k) for k in ("vocab_size", "hidden_size", "num_hidden_layers",

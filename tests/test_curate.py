@@ -1,5 +1,5 @@
 "End-to-end, multi-process, determinism, near-dedup quality and bad-input tests of the curate stage."
-import gzip, json, os, random, re, shutil, subprocess, sysconfig
+import gzip, json, os, random, re, shutil, subprocess, sys, sysconfig, time
 from pathlib import Path
 
 import numpy as np
@@ -165,14 +165,53 @@ def test_jsonl_and_parquet_sources(tmp_path):
         f.write("{not json\n"); f.write(json.dumps({"max_stars_repo_path": "x.py"}) + "\n")
     pq.write_table(pa.table({"content": ["fn main() {\n    println!(\"hi\");\n}\n", None], "path": ["main.rs", "b.rs"], "repo_name": ["org/rust", "org/rust"]}),
                    tmp_path / "rust.parquet")
-    stats, tables = run(tmp_path, [tmp_path / "stack.jsonl.gz", tmp_path / "rust.parquet"], validation_fraction=0, test_fraction=0)
+    stats, tables = run(tmp_path, [tmp_path / "stack.jsonl.gz", tmp_path / "rust.parquet"], test_fraction=0)
     assert stats["seen"] == 10 and stats["kept"] == 7 and stats["removed"]["malformed_record"] == 3
-    train = tables["train"].to_pydict()
+    train = pa.concat_tables([t for t in tables.values() if len(t)]).to_pydict()  # all splits
     assert set(train["group"]) == {"org/repo0", "org/repo1", "org/repo2", "org/rust"}
     assert train["license"][0] == "MIT" and "rust" in train["lang"]
 
 
 # ---- bad inputs ----
+
+def test_non_utf8_file_name_is_a_counted_skip_in_folders_and_git(tmp_path):
+    for kind in ("dir", "git"):
+        src = tmp_path / kind / "pkg"; src.mkdir(parents=True)
+        (src / "good.py").write_text(GOOD)
+        with open(os.fsencode(src) + b"/bad_\xff_name.py", "w") as f: f.write(GOOD.replace("area", "volume"))
+        if kind == "git":
+            for args in (["init", "-q"], ["add", "-A"], ["-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x"]):
+                subprocess.run(["git", "-C", str(src.parent), *args], check=True)
+        stats, tables = run(tmp_path, [src.parent], name=f"run-{kind}")
+        assert stats["removed"]["undecodable_path"] == 1 and kept_paths(tables) == ["pkg/good.py"], kind
+        card = next((tmp_path / f"run-{kind}/data/card").glob("*.md")).read_text()
+        assert "| undecodable_path | 1 |" in card
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG and /proc are Linux only")
+def test_killed_curate_leaves_no_workers_and_its_spool_is_removed_next_time(tmp_path):
+    # a `sleep` holding the pool's task pipe stands for anything that keeps workers from seeing EOF: only the death signal ends them
+    script = ("import os, subprocess, time, multiprocessing as mp\nfrom codecomplete.curate import CurateConfig, _init_pool_worker\n"
+              "pool = mp.get_context('fork').Pool(2, _init_pool_worker, (CurateConfig(decontaminate=False), os.getpid()))\n"
+              "pool.map(abs, range(4)); fd = pool._inqueue._writer.fileno()\n"
+              "holder = subprocess.Popen(['sleep', '60'], pass_fds=[fd])\n"
+              "print(holder.pid, *(p.pid for p in pool._pool), flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(Path(curate_mod.__file__).parents[1])})
+    holder, *workers = [int(p) for p in proc.stdout.readline().split()]
+    assert len(workers) == 2
+    proc.kill(); proc.wait()
+    def running(pid):
+        try: return "\nState:\tZ" not in Path(f"/proc/{pid}/status").read_text()
+        except FileNotFoundError: return False
+    deadline = time.time() + 10
+    while any(map(running, workers)) and time.time() < deadline: time.sleep(0.1)
+    survivors = [pid for pid in workers if running(pid)]
+    for pid in (holder, *survivors): os.kill(pid, 9)
+    assert not survivors, "pool workers outlived their killed parent"
+    src = tmp_path / "src"; src.mkdir(); (src / "a.py").write_text(GOOD)
+    stale = tmp_path / "run" / "data" / f".spool-{proc.pid}"; stale.mkdir(parents=True); (stale / "records.parquet").write_text("x")
+    run(tmp_path, [src])
+    assert not stale.exists()
 
 def test_missing_path_and_empty_directory_are_clear_errors(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"): run(tmp_path, [tmp_path / "nope"])

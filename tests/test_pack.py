@@ -65,6 +65,9 @@ def test_bad_inputs(base, tmp_path):
     shutil.rmtree(run / "data" / "test")
     with pytest.raises(ConfigError, match="run the curate stage first"): pack(PackConfig(run_dir=str(run)))
     assert not (run / "tokens" / "train.bin").exists()
+    for f in (run / "data" / "validation").glob("*.parquet"): f.unlink()  # curate ran, but the split came out empty
+    with pytest.raises(ConfigError, match="'validation' split in .* is empty; the train stage needs it, or rerun curate .* group_by=file"):
+        pack(PackConfig(run_dir=str(run), splits=["train", "validation"]))
     shutil.rmtree(run / "tokenizer")
     with pytest.raises(FileNotFoundError, match="run the tokenizer stage"): pack(PackConfig(run_dir=str(run), splits=["train"], fim_splits=[]))
 

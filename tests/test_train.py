@@ -157,6 +157,8 @@ def test_init_from_continues_and_rejects_other_vocab(packed, straight, tmp_path)
     train(TrainConfig(run_dir=str(run), **{**BASE, "max_steps": 4, "init_from": str(straight / "train" / "model")}))
     first = losses(run)[0][1]
     assert first < losses(straight)[0][1] - 1  # starts from the trained weights, not from scratch
+    card = (run / "train" / "model" / "README.md").read_text()
+    assert f"fine-tuned from `{straight / 'train' / 'model'}`" in card and "tokens seen in this fine-tuning only: 1,024" in card
     other = sample_run(tmp_path / "other", n_files=8, vocab_size=300)
     pack(PackConfig(run_dir=str(other)))
     with pytest.raises(ConfigError, match="token ids, the run's tokenizer needs"):
@@ -167,6 +169,8 @@ def test_init_from_continues_and_rejects_other_vocab(packed, straight, tmp_path)
     (dict(batch_tokens=300), "not a multiple of seq_len*micro_batch"),
     (dict(preset="125M"), "unknown model preset '125M' (did you mean '125m'?)"),
     (dict(warmup_steps=16), "warmup_steps=16 must be below max_steps"),
+    (dict(grad_clip=-1), "grad_clip=-1.0 is out of range; use >= 0 (0 = off)"),
+    (dict(lr=float("nan")), "lr=nan is out of range"),
 ])
 def test_bad_configs_fail_at_construction(params, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -178,6 +182,9 @@ def test_bad_inputs_fail_before_compute(packed, tmp_path):
     with pytest.raises(ConfigError, match="run the pack stage first"): train(TrainConfig(run_dir=str(run), **BASE))
     assert not (run / "train").exists()
     with pytest.raises(ConfigError, match="does not divide among 2 processes"): TrainConfig(**{**BASE, "batch_tokens": 128}).accum_steps(2)
+    run = new_run(packed, tmp_path, "no-val")
+    for f in (run / "tokens").glob("validation.*"): f.unlink()
+    with pytest.raises(ConfigError, match="no packed 'validation' tokens .* pack the validation split too"): train(TrainConfig(run_dir=str(run), **BASE))
     run = new_run(packed, tmp_path, "tiny-val")
     with pytest.raises(ConfigError, match="validation split has"): train(TrainConfig(run_dir=str(run), **{**BASE, "seq_len": 1024, "micro_batch": 64, "batch_tokens": 65536}))
     result = run_module(run, "micro_bach=2", check=False)
