@@ -63,7 +63,7 @@ def test_a_value_split_by_the_shell_says_how_to_quote(capsys, tmp_path, words, h
 def test_messages_name_the_key_and_the_job(capsys, tmp_path):
     err = error_of(capsys, ["run", "train", "--runs-root", str(tmp_path), "-p", "vocab_size=1024"])
     assert "vocab_size belongs to the tokenizer job" in err and "codecomplete run tokenizer --run NAME -p vocab_size=1024, or run pipeline" in err
-    assert "max_files=-5 must be >= 0" in error_of(capsys, ["run", "curate", "--runs-root", str(tmp_path), "-p", "max_files=-5"])
+    assert "max_files=-5 is out of range; use >= 0" in error_of(capsys, ["run", "curate", "--runs-root", str(tmp_path), "-p", "max_files=-5"])
 
 
 def test_complete_errors_are_one_line(capsys, tmp_path):
