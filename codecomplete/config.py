@@ -146,6 +146,11 @@ class StageConfig:
                 if f.name not in ("run_dir", "force") and f.metadata.get("affects_output", True)}
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
+    def check_ranges(self, *checks):
+        "Raise `ConfigError` for the first `(key, ok, valid)` whose `ok` is false, naming the key, its value and the valid range."
+        for key, ok, valid in checks:
+            if not ok: raise ConfigError(f"{key}={getattr(self, key)} is out of range; use {valid}")
+
     @classmethod
     def describe(cls, skip=()) -> str:
         "One line per key (except those in `skip`): name, type, default and what it does."

@@ -95,12 +95,11 @@ class CurateConfig(StageConfig):
             raise ConfigError(f"data_file_chars={self.data_file_chars} must be [min, max] with 0 <= min <= max")
         for key in ("max_file_bytes", "num_perm", "shingle_size", "shard_bytes", "row_group_bytes"):
             if getattr(self, key) <= 0: raise ConfigError(f"{key}={getattr(self, key)} must be positive")
-        for key, ok, valid in (("max_line_length", self.max_line_length >= 1, ">= 1"), ("max_avg_line_length", self.max_avg_line_length >= 1, ">= 1"),
-                               ("min_alphanum_fraction", 0 <= self.min_alphanum_fraction <= 1, "[0, 1] (0 = keep all)"),
-                               ("auto_generated_lines", self.auto_generated_lines >= 0, ">= 0 (0 = no check)"),
-                               ("decontaminate_min_chars", self.decontaminate_min_chars >= 1, ">= 1"),
-                               ("num_workers", self.num_workers >= 0, ">= 0 (0 = all cores)"), ("max_files", self.max_files >= 0, ">= 0 (0 = all)")):
-            if not ok: raise ConfigError(f"{key}={getattr(self, key)} is out of range; use {valid}")
+        self.check_ranges(("max_line_length", self.max_line_length >= 1, ">= 1"), ("max_avg_line_length", self.max_avg_line_length >= 1, ">= 1"),
+                          ("min_alphanum_fraction", 0 <= self.min_alphanum_fraction <= 1, "[0, 1] (0 = keep all)"),
+                          ("auto_generated_lines", self.auto_generated_lines >= 0, ">= 0 (0 = no check)"),
+                          ("decontaminate_min_chars", self.decontaminate_min_chars >= 1, ">= 1"),
+                          ("num_workers", self.num_workers >= 0, ">= 0 (0 = all cores)"), ("max_files", self.max_files >= 0, ">= 0 (0 = all)"))
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.dataset_name): raise ConfigError(f"dataset_name={self.dataset_name!r}: use letters, digits, '.', '_' and '-'")
 
 # %% ../nbs/01_curate.ipynb #2b33c412

@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_jobs.ipynb #59c56ee0
 from __future__ import annotations
-import importlib, json, logging, os, signal, sys, threading, time
+import importlib, json, os, signal, sys, threading, time
 import codecomplete
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -93,11 +93,9 @@ def run_folder(run: str, runs_root="runs") -> Path:
 
 # %% ../nbs/09_jobs.ipynb #7eca8b97
 def _papermill():
-    "papermill, with its warning about parameters absent from the notebook silenced: the configs have checked every key."
+    "papermill, or an `ImportError` saying how to install it."
     try: import papermill
     except ImportError: raise ImportError("running job notebooks needs papermill and ipykernel: pip install 'codecomplete[jobs]'") from None
-    logger = logging.getLogger("papermill")
-    if not logger.filters: logger.addFilter(lambda record: "Passed unknown parameter" not in record.getMessage())
     return papermill
 
 def _child_pids() -> list[int]:

@@ -62,12 +62,11 @@ class TrainConfig(StageConfig):
         if self.batch_tokens % (self.seq_len * self.micro_batch):
             raise ConfigError(f"batch_tokens={self.batch_tokens} is not a multiple of seq_len*micro_batch={self.seq_len * self.micro_batch}; "
                               f"use e.g. batch_tokens={self.seq_len * self.micro_batch * max(1, round(self.batch_tokens / (self.seq_len * self.micro_batch)))}")
-        for key, ok, valid in (("lr", math.isfinite(self.lr) and self.lr > 0, "a finite number above 0, e.g. 1e-3"),
-                               ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "[0, 1]"), ("beta1", 0 <= self.beta1 < 1, "[0, 1)"),
-                               ("beta2", 0 <= self.beta2 < 1, "[0, 1)"), ("weight_decay", self.weight_decay >= 0, ">= 0"),
-                               ("grad_clip", self.grad_clip >= 0, ">= 0 (0 = off)"), ("stop_at_step", self.stop_at_step >= 0, ">= 0 (0 = run to max_steps)"),
-                               ("peak_tflops", self.peak_tflops >= 0, ">= 0 (0 = look the card up)")):
-            if not ok: raise ConfigError(f"{key}={getattr(self, key)} is out of range; use {valid}")
+        self.check_ranges(("lr", math.isfinite(self.lr) and self.lr > 0, "a finite number above 0, e.g. 1e-3"),
+                          ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "[0, 1]"), ("beta1", 0 <= self.beta1 < 1, "[0, 1)"),
+                          ("beta2", 0 <= self.beta2 < 1, "[0, 1)"), ("weight_decay", self.weight_decay >= 0, ">= 0"),
+                          ("grad_clip", self.grad_clip >= 0, ">= 0 (0 = off)"), ("stop_at_step", self.stop_at_step >= 0, ">= 0 (0 = run to max_steps)"),
+                          ("peak_tflops", self.peak_tflops >= 0, ">= 0 (0 = look the card up)"))
         if not 0 <= self.warmup_steps < self.max_steps: raise ConfigError(f"warmup_steps={self.warmup_steps} must be below max_steps={self.max_steps}")
         if self.precision not in ("auto", "bf16", "fp32"): raise ConfigError(f"precision={self.precision!r}: use auto, bf16 or fp32")
         if self.distributed not in ("ddp", "fsdp"): raise ConfigError(f"distributed={self.distributed!r}: use ddp or fsdp")
