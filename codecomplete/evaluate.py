@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from .config import (ConfigError, StageConfig, atomic_write_text, begin_stage, finish_stage, setting,
                                  should_skip, stage_dir)
 from .complete import _encode, fim_ids, generate, load_model, prompt_ids, prompt_room
-from .sandbox import Limits, check_completion, mean_pass_at_k
+from .sandbox import Limits, check_completion, mean_pass_at_k, require_isolation
 
 # %% auto #0
 __all__ = ['CODEX_STOP', 'EvaluateConfig', 'read_test_texts', 'bits_per_byte', 'fim_cases', 'fim_exact_match', 'samples_key',
@@ -42,6 +42,7 @@ class EvaluateConfig(StageConfig):
     fim_max_new_tokens: int = setting(48, "longest infilled line in tokens")
     batch_size: int = setting(16, "sequences generated together", affects_output=False)
     workers: int = setting(0, "sandbox processes in parallel (0 = all cores)", affects_output=False)
+    allow_weak_isolation: bool = setting(False, "run samples even where the sandbox cannot isolate them (no user namespaces); each sample records what applied", affects_output=False)
     device: str = setting("", "cpu, cuda, ... (default: cuda when available)", affects_output=False)
 
     def validate(self):
@@ -147,9 +148,10 @@ def run_humaneval(cfg: EvaluateConfig, model, tokenizer, out: Path, key: str) ->
           f"{sum(len(t[2]) for t in todo)} to run")
 
     def execute_and_record(problem, sample, completion):
-        outcome = check_completion(problem, completion, limits)
+        outcome = check_completion(problem, completion, limits, cfg.allow_weak_isolation)
         record = {"task_id": problem["task_id"], "sample": sample, "completion": completion, "status": outcome.status,
-                  "passed": outcome.passed, "reason": outcome.reason[-500:], "duration": round(outcome.duration, 3), "key": key}
+                  "passed": outcome.passed, "reason": outcome.reason[-500:], "duration": round(outcome.duration, 3),
+                  "isolation": outcome.isolation, "key": key}
         with lock:
             with open(path, "a") as f: f.write(json.dumps(record) + "\n"); f.flush()
             records.append(record)
@@ -174,7 +176,9 @@ def humaneval_summary(records: list[dict], num_samples: int) -> dict:
     summary = {f"pass@{k}": mean_pass_at_k(counts, k) for k in (1, 10, 100) if k <= num_samples}
     statuses = {}
     for r in records: statuses[r["status"]] = statuses.get(r["status"], 0) + 1
-    return {"problems": len(by_task), "samples_per_problem": num_samples, **summary, "outcomes": statuses}
+    layers = [",".join(r.get("isolation", [])) or "unrecorded" for r in records]  # which sandbox layers applied, and to how many
+    isolation = {k: layers.count(k) for k in dict.fromkeys(layers)}
+    return {"problems": len(by_task), "samples_per_problem": num_samples, **summary, "outcomes": statuses, "isolation": isolation}
 
 # %% ../nbs/07_evaluate.ipynb #22e5e622
 def run_fim(cfg: EvaluateConfig, model, tokenizer) -> dict:
@@ -247,6 +251,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     if not (model_dir / "config.json").exists():
         raise ConfigError(f"no model at {model_dir}; run the train stage, or set model_dir to any Hugging Face causal LM folder")
     texts = read_test_texts(cfg.resolved_test_data(), cfg.bpb_max_bytes) if cfg.bpb_max_bytes else []
+    if cfg.num_problems: require_isolation(cfg.allow_weak_isolation)  # refuse before anything is generated, not after
     out = begin_stage(cfg, "evaluate")
     (out / "samples.jsonl").touch()  # always there, even when num_problems=0 skips HumanEval
     model, tokenizer = load_model(str(model_dir), cfg.device or None)

@@ -14,7 +14,7 @@ import codecomplete
 from .config import ConfigError
 
 # %% auto #0
-__all__ = ['STATUSES', 'UID_BASE', 'UID_RANGE', 'UID_LOCKS', 'WEAK_ENV', 'Limits', 'Outcome', 'sandbox_mode', 'isolation',
+__all__ = ['STATUSES', 'UID_BASE', 'UID_RANGE', 'UID_LOCKS', 'WEAK_ENV', 'Limits', 'Outcome', 'sandbox_mode', 'require_isolation',
            'execute', 'humaneval_program', 'check_completion', 'execute_many', 'pass_at_k', 'mean_pass_at_k']
 
 # %% ../nbs/06a_sandbox.ipynb #666ce7bf
@@ -336,7 +336,7 @@ def sandbox_mode(allow_weak_isolation: bool = False) -> str:
                       f"or run as root, or accept weaker isolation with {WEAK_ENV}=1 (allow_weak_isolation=True, "
                       f"evaluate's allow_weak_isolation: true)")
 
-def isolation(allow_weak_isolation: bool = False) -> list[str]:
+def require_isolation(allow_weak_isolation: bool = False) -> list[str]:
     "The layers every program will get here (see `Outcome.isolation`); a `ConfigError` when the sandbox would refuse."
     mode = sandbox_mode(allow_weak_isolation)
     return _probe().isolation if mode == "strict" else _run("pass", None, Limits(timeout=30), "weak").isolation

@@ -98,3 +98,22 @@ def test_another_folders_model_is_left_untouched(tmp_path, run):
     out = ev.evaluate(cfg)
     assert {p.name: p.read_bytes() for p in model_dir.iterdir()} == before
     assert "## Evaluation" in (out / "model_card_section.md").read_text() and (out / "summary.png").exists()
+
+
+def test_sandbox_isolation_is_recorded_and_a_refusal_comes_before_any_generation(tmp_path, run, monkeypatch):
+    from codecomplete import sandbox
+    small = {**TINY, "fim_max_cases": 0, "bpb_max_bytes": 0, "num_problems": 1, "model_dir": str(run / "train" / "model")}
+    strict = ev.evaluate(ev.EvaluateConfig(run_dir=str(tmp_path / "strict"), **small))
+    layers = json.loads((strict / "samples.jsonl").read_text().splitlines()[0])["isolation"]
+    assert {"filesystem", "network", "pidns", "nproc"} <= set(layers)
+    assert json.loads((strict / "results.json").read_text())["humaneval"]["isolation"] == {",".join(layers): 1}
+
+    monkeypatch.setattr(sandbox, "_probe", lambda: sandbox.Outcome("error", "sandbox setup failed: [Errno 28] unshare: No space left on device"))
+    monkeypatch.delenv(sandbox.WEAK_ENV, raising=False)
+    calls, cfg = counting_generate(monkeypatch), ev.EvaluateConfig(run_dir=str(tmp_path / "weak"), **small)
+    with pytest.raises(ConfigError, match="CODECOMPLETE_ALLOW_WEAK_SANDBOX=1.*allow_weak_isolation"): ev.evaluate(cfg)
+    assert calls == [] and not (tmp_path / "weak" / "eval").exists()  # nothing generated, nothing written
+    weak = ev.evaluate(ev.EvaluateConfig.from_dict({**cfg.to_dict(), "allow_weak_isolation": True}))
+    layers = json.loads((weak / "samples.jsonl").read_text().splitlines()[0])["isolation"]
+    assert calls == [1] and "limits" in layers and not {"filesystem", "pidns"} & set(layers)
+    assert json.loads((weak / "results.json").read_text())["humaneval"]["isolation"] == {",".join(layers): 1}

@@ -282,7 +282,7 @@ def test_refuses_without_isolation_and_names_the_setting(monkeypatch, tmp_path):
     monkeypatch.setattr(sandbox, "_probe", lambda: sandbox.Outcome("error", "sandbox setup failed: [Errno 28] unshare: No space left on device"))
     monkeypatch.setattr(sandbox, "_run", lambda *a: calls.append(a) or sandbox.Outcome("passed", isolation=["limits"]))
     monkeypatch.delenv(sandbox.WEAK_ENV, raising=False)
-    for call in (lambda: execute("pass"), lambda: list(execute_many([("pass", None)])), sandbox.isolation):
+    for call in (lambda: execute("pass"), lambda: list(execute_many([("pass", None)])), sandbox.require_isolation):
         with pytest.raises(ConfigError, match="CODECOMPLETE_ALLOW_WEAK_SANDBOX=1.*allow_weak_isolation") as e: call()
         assert "No space left on device" in str(e.value)
     assert not calls  # refused before anything ran
