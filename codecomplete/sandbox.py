@@ -291,7 +291,6 @@ def _run(program: str, entry_point: str | None, limits: Limits, mode: str) -> Ou
             try: os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError: pass
             proc.wait()
-        sweep()
         report = caps["report"][0]
         first = report.split(b"\n")[0]
         applied = first[len(b"ISOLATION "):].decode(errors="replace").split(",") if first.startswith(b"ISOLATION ") else []
