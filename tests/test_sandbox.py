@@ -335,14 +335,16 @@ def test_suite_as_an_ordinary_user():
     subprocess.run(["useradd", "--create-home", "--user-group", "--shell", "/bin/sh", name], check=True, capture_output=True)
     user = pwd.getpwnam(name)
     visible = Path(tempfile.mkdtemp(dir="/var/lib", prefix="codecomplete-test-")); os.chown(visible, user.pw_uid, user.pw_gid)
+    stage = Path(tempfile.mkdtemp(prefix="codecomplete-test-stage-"))  # mount points, empty again once the namespace ends
     try:
         worktree = Path(__file__).resolve().parents[1]
         needed = [sys.base_prefix, sys.prefix, str(worktree), *sys.path[1:]]
         script = ["set -e", "mount --make-rprivate /"]
         for folder, children in _blocked_ancestors([p for p in needed if p and os.path.isdir(p)]).items():  # make them traversable
-            for i, child in enumerate(sorted(children)): script.append(f"mkdir -p /run/ccsbx{i} && mount --rbind '{child}' /run/ccsbx{i}")
+            mirrors = {child: stage / child.strip("/").replace("/", "_") for child in sorted(children)}
+            for child, mirror in mirrors.items(): mirror.mkdir(); script.append(f"mount --rbind '{child}' '{mirror}'")
             script.append(f"mount -t tmpfs -o mode=0755 tmpfs '{folder}'")
-            for i, child in enumerate(sorted(children)): script.append(f"mkdir -p '{child}' && mount --rbind /run/ccsbx{i} '{child}'")
+            for child, mirror in mirrors.items(): script.append(f"mkdir -p '{child}' && mount --rbind '{mirror}' '{child}'")
         env = {"HOME": user.pw_dir, "PATH": os.environ["PATH"], "PYTHONPATH": str(worktree), INNER: str(visible), "LANG": "C.UTF-8"}
         script.append(f"exec setpriv --reuid={user.pw_uid} --regid={user.pw_gid} --clear-groups env -i "
                       + " ".join(f"{k}='{v}'" for k, v in env.items())
@@ -351,6 +353,8 @@ def test_suite_as_an_ordinary_user():
         assert res.returncode == 0 and " passed" in res.stdout and "skipped" not in res.stdout, res.stdout[-3000:] + res.stderr[-2000:]
     finally:
         for p in psutil.process_iter(["uids"]):
-            if p.info["uids"] and p.info["uids"].real == user.pw_uid: p.kill()
+            if p.info["uids"] and p.info["uids"].real == user.pw_uid:
+                try: p.kill()  # a straggler of the throwaway account, which would keep userdel from removing it
+                except psutil.NoSuchProcess: pass
         subprocess.run(["userdel", "--remove", name], capture_output=True)
-        shutil.rmtree(visible, ignore_errors=True)
+        shutil.rmtree(visible, ignore_errors=True); shutil.rmtree(stage, ignore_errors=True)
