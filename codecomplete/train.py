@@ -15,10 +15,10 @@ from .model import check_preset, model_config, build_model, count_params, flops_
 from .pack import TokenLoader, load_run_tokenizer, read_meta
 
 # %% auto #0
-__all__ = ['PEAK_TFLOPS', 'TrainConfig', 'lm_loss', 'lr_factor', 'make_optimizer', 'device_peak_flops', 'write_manifest',
-           'checkpoint_problem', 'newest_valid_checkpoint', 'save_checkpoint', 'RunLog', 'read_log', 'check_inputs',
-           'check_init_from', 'checkpoint_identity', 'resume_or_start_over', 'evaluate_loss', 'bits_per_byte', 'train',
-           'launch', 'model_card', 'save_final_model', 'main']
+__all__ = ['PEAK_TFLOPS', 'RELAY_S', 'STOP_SIGNALS', 'TrainConfig', 'lm_loss', 'lr_factor', 'make_optimizer', 'device_peak_flops',
+           'write_manifest', 'checkpoint_problem', 'newest_valid_checkpoint', 'save_checkpoint', 'RunLog', 'read_log',
+           'check_inputs', 'check_init_from', 'checkpoint_identity', 'resume_or_start_over', 'StopSignal',
+           'evaluate_loss', 'bits_per_byte', 'train', 'launch', 'model_card', 'save_final_model', 'main']
 
 # %% ../nbs/05_train.ipynb #b9bcf6ba
 @dataclass
@@ -253,37 +253,90 @@ def _forget_accelerator_state():
     from accelerate.state import AcceleratorState, GradientState
     AcceleratorState._reset_state(True); GradientState._reset_state()
 
+def _sharded(cfg: TrainConfig) -> bool:
+    "Whether this run shards the model: `distributed=fsdp` in a run of several processes."
+    return cfg.distributed == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+def _fsdp_on_cpu(acc, plugin):
+    "Make a gloo (CPU) run FSDP, as Accelerate makes a GPU run given `plugin`."
+    from accelerate.state import AcceleratorState, PartialState
+    from accelerate.utils import DistributedType
+    if acc.mixed_precision != "no": plugin.set_mixed_precision(acc.mixed_precision)
+    for state in (PartialState(), AcceleratorState()): state.distributed_type = DistributedType.FSDP  # AcceleratorState copies PartialState's
+    AcceleratorState().fsdp_plugin = plugin
+
 def _make_accelerator(cfg: TrainConfig):
     from accelerate import Accelerator
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
     if "LOCAL_RANK" not in os.environ: _forget_accelerator_state()  # in-process: a fresh state for this run
     cuda = torch.cuda.is_available()
     precision = {"auto": "bf16" if cuda else "no", "bf16": "bf16", "fp32": "no"}[cfg.precision]
     kw = {"dynamo_backend": "inductor"} if cfg.compile else {}
-    if cfg.distributed == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        from accelerate.utils import FullyShardedDataParallelPlugin
+    if _sharded(cfg):
         kw["fsdp_plugin"] = FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
-                                                           transformer_cls_names_to_wrap=["LlamaDecoderLayer"],
+                                                           transformer_cls_names_to_wrap=["LlamaDecoderLayer"], state_dict_type="SHARDED_STATE_DICT",
                                                            activation_checkpointing=cfg.activation_checkpointing)
-    return Accelerator(cpu=not cuda, mixed_precision=precision, step_scheduler_with_optimizer=False, **kw)
+    acc = Accelerator(cpu=not cuda, mixed_precision=precision, step_scheduler_with_optimizer=False, **kw)
+    if _sharded(cfg) and acc.distributed_type == DistributedType.MULTI_CPU: _fsdp_on_cpu(acc, kw["fsdp_plugin"])
+    return acc
 
 def _build(cfg: TrainConfig, tok):
     from transformers import AutoModelForCausalLM
     torch.manual_seed(cfg.seed)
     if cfg.init_from: model = AutoModelForCausalLM.from_pretrained(cfg.init_from, attn_implementation="sdpa", dtype=torch.float32)
     else: model = build_model(model_config(cfg.preset, tok))
-    if cfg.activation_checkpointing and cfg.distributed != "fsdp":
+    if cfg.activation_checkpointing and not _sharded(cfg):  # FSDP checkpoints activations per unit itself
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
 
-class _Stop:
-    "Turns SIGTERM/SIGINT into a flag the loop checks, so a scheduler's kill leaves a checkpoint."
-    def __init__(self):
-        self.signal, self.old = None, {}
-        if threading.current_thread() is threading.main_thread():
-            self.old = {s: signal.signal(s, self._set) for s in (signal.SIGTERM, signal.SIGINT)}
-    def _set(self, signum, frame): self.signal = signum
+
+# %% ../nbs/05_train.ipynb #5a1d0e04
+RELAY_S = 1.0  # seconds in which a repeated signal is a launcher relaying the first, not a second request
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+class StopSignal:
+    "SIGTERM/SIGINT as a stop that all `world` processes agree on at a step's end; a second signal exits at once."
+    def __init__(self, world: int):
+        self.signal, self.first_at, self.old, self.wake = None, 0.0, {}, None
+        self.group = torch.distributed.new_group(backend="gloo") if world > 1 else None  # a collective: every rank makes it
+        if threading.current_thread() is not threading.main_thread(): return  # only the main thread may handle signals
+        self.old = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
+        if world > 1:
+            self.wake = os.pipe(); os.set_blocking(self.wake[1], False)
+            self.old_fd = signal.set_wakeup_fd(self.wake[1])
+            self.watcher = threading.Thread(target=self._watch, daemon=True, name="stop-signal-watcher"); self.watcher.start()
+
+    def _is_second(self, signum: int) -> bool:
+        "Record the first signal; True for a later one (not for a copy within `RELAY_S` of the first)."
+        now = time.monotonic()
+        if self.signal is None:
+            self.signal, self.first_at = signum, now
+            print(f"{signal.Signals(signum).name}: stopping with a checkpoint after this step; send it again to exit at once", file=sys.stderr, flush=True)
+            return False
+        return now - self.first_at > RELAY_S
+
+    def _handle(self, signum, frame):
+        if self._is_second(signum): raise KeyboardInterrupt if signum == signal.SIGINT else SystemExit(128 + signum)
+
+    def _watch(self):
+        while (byte := os.read(self.wake[0], 1)) != b"\0":  # restore() writes the zero byte
+            if byte[0] in STOP_SIGNALS and self._is_second(byte[0]): os._exit(128 + byte[0])
+
+    def agreed(self) -> int | None:
+        "The signal any process has received (the highest number if several), the same on every process; None while none has."
+        if self.group is None: return self.signal
+        flag = torch.tensor(self.signal or 0)
+        torch.distributed.all_reduce(flag, torch.distributed.ReduceOp.MAX, group=self.group)
+        return int(flag) or None
+
     def restore(self):
-        for s, h in self.old.items(): signal.signal(s, h)
+        "Put back the handlers (and wake-up fd) that were there before."
+        for s, h in self.old.items():
+            if h is not None: signal.signal(s, h)
+        if self.wake:
+            signal.set_wakeup_fd(self.old_fd); os.write(self.wake[1], b"\0"); self.watcher.join()
+            for fd in self.wake: os.close(fd)
+
 
 # %% ../nbs/05_train.ipynb #44f739dc
 @torch.no_grad()
@@ -329,7 +382,7 @@ def train(cfg: TrainConfig) -> Path:
         step = json.loads((Path(found) / "trainer_state.json").read_text())["step"]
         acc.print(f"resuming from {found} (step {step})")
     log = RunLog(out, main, cfg.tensorboard, step)
-    stop, last_eval, last_loss = _Stop(), None, None
+    stop, last_eval, last_loss = StopSignal(world), None, None
     bar = tqdm(total=cfg.max_steps, initial=step, disable=not main, desc="train")
     interval_loss, interval_steps, t_last = torch.zeros((), device=acc.device), 0, time.perf_counter()
     try:
@@ -356,19 +409,19 @@ def train(cfg: TrainConfig) -> Path:
                 log.write(record)
                 bar.set_postfix(loss=f"{last_loss:.3f}", tok_s=f"{tps:,.0f}", **({"mfu": f"{record['mfu']:.1%}"} if peak else {}))
                 interval_loss.zero_(); interval_steps = 0
-                if world > 1: stop.signal = stop.signal or int(acc.reduce(torch.tensor(stop.signal or 0, device=acc.device), "max").item()) or None
                 t_last = time.perf_counter()
             if step % cfg.eval_every == 0 or step == cfg.max_steps:
                 val = evaluate_loss(model, eval_set, acc)
                 last_eval = {"step": step, "val_loss": val, "val_bpb": bits_per_byte(val, plan["validation"])}
                 log.write(last_eval)
-            halted = stop.signal is not None or step == cfg.stop_at_step
+            signalled = stop.agreed()  # every step: a signal to any rank stops all of them after this same step
+            halted = signalled is not None or step == cfg.stop_at_step
             if step % cfg.save_every == 0 or (halted and step < cfg.max_steps):
                 save_checkpoint(acc, ckpts, step, identity, cfg.keep_checkpoints)
             if halted and step < cfg.max_steps:
                 acc.print(f"stopped at step {step} with a checkpoint; rerun the same config to continue")
-                if stop.signal == signal.SIGINT: raise KeyboardInterrupt
-                if stop.signal == signal.SIGTERM: raise SystemExit(128 + signal.SIGTERM)
+                if signalled == signal.SIGINT: raise KeyboardInterrupt
+                if signalled: raise SystemExit(128 + signalled)
                 return out
         save_final_model(acc, model, tok, cfg, plan, step, last_loss, last_eval)
         return finish_stage(cfg, "train", {"steps": step, "tokens": step * cfg.batch_tokens, "processes": world, "loss": last_loss, **(last_eval or {})}) if main else out

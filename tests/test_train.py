@@ -89,7 +89,8 @@ def test_sigterm_saves_a_checkpoint(packed, tmp_path):
     cmd = [sys.executable, "-m", "codecomplete.train", "--run_dir", str(run), *[f"{k}={v}" for k, v in BASE.items()], "max_steps=400", "save_every=1000"]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while not (run / "train" / "log.jsonl").exists() and time.time() < deadline: time.sleep(0.05)
+    log = run / "train" / "log.jsonl"  # the file appears before the handlers are set, its first record (step 0) after
+    while not (log.exists() and log.read_text().strip()) and time.time() < deadline: time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=120) == 128 + signal.SIGTERM, proc.stderr.read()
     ckpts = list((run / "train" / "checkpoints").glob("step-*"))
