@@ -18,7 +18,7 @@ from .config import (ConfigError, StageConfig, atomic_dir, atomic_write_text, be
 from .dedup import Decontaminator, MinHasher, content_hash, lsh_params, near_duplicates, normalize_ws, shingle_hashes, tokenize
 from .pii import PLACEHOLDERS, redact_pii
 from .datacard import write_card
-from .sources import EXTENSIONS, LANGUAGES, Source, iter_items, language_of, resolve_sources
+from .sources import EXTENSIONS, LANGUAGES, SITE_PACKAGES, Source, iter_items, language_of, resolve_sources
 
 # %% auto #0
 __all__ = ['DATA_LANGUAGES', 'SPLITS', 'REASONS', 'RECORD_SCHEMA', 'LINE_BINS', 'CurateConfig', 'quality_reason', 'examine',
@@ -35,10 +35,10 @@ REASONS = ("unsupported_language", "language_not_selected", "symlink", "unreadab
 @dataclass
 class CurateConfig(StageConfig):
     "Settings of the curate stage."
-    sources: list[str] = setting([], "directories, git repositories, .jsonl/.jsonl.gz files, .parquet files or folders; empty = the running Python's standard library")
-    dataset_name: str = setting("", "name of the dataset: the data card is <dataset_name>.md; '' = 'python-stdlib' for the default corpus (empty sources), else the run folder's name")
+    sources: list[str] = setting([], "directories, git repositories, .jsonl/.jsonl.gz files, .parquet files or folders, or site-packages (the installed packages, each file with its package and licence); empty = the running Python's standard library")
+    dataset_name: str = setting("", "name of the dataset: the data card is <dataset_name>.md; '' = 'python-stdlib' for the default corpus (empty sources), 'python-site-packages' for sources=[site-packages] alone, else the run folder's name")
     languages: list[str] = setting(LANGUAGES, "languages to keep (by file extension)")
-    license: str = setting("", "license of directory and git sources ('' = unknown); the default corpus is PSF-2.0")
+    license: str = setting("", "license of directory and git sources ('' = unknown); the default corpus is PSF-2.0, site-packages files take their package's")
     content_column: str = setting("content", "JSONL/Parquet field holding the file text")
     path_column: str = setting("path", "JSONL/Parquet field holding the file path (max_stars_repo_path is recognized too)")
     repo_column: str = setting("", "JSONL/Parquet field naming the repository; '' = max_stars_repo_name, repo_name or repo when present")
@@ -68,7 +68,7 @@ class CurateConfig(StageConfig):
     def validate(self):
         if not self.dataset_name:
             run_name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(self.run_dir).absolute().name).strip("-._")
-            self.dataset_name = (run_name or "dataset") if self.sources else "python-stdlib"
+            self.dataset_name = ("python-site-packages" if self.sources == [SITE_PACKAGES] else run_name or "dataset") if self.sources else "python-stdlib"
         bad = [l for l in self.languages if l not in EXTENSIONS]
         if bad: raise ConfigError(f"languages: unknown {bad}; choose from {', '.join(LANGUAGES)}")
         if not self.languages: raise ConfigError("languages is empty; name at least one of " + ", ".join(LANGUAGES))
@@ -132,9 +132,9 @@ def quality_reason(text: str, lang: str, cfg: CurateConfig) -> tuple[str | None,
 
 def examine(item) -> tuple:
     "(reason, detail) for a removed item, or ('kept', record, exact hash, signature, PII counts)."
-    source, path, group, license, file, content, reason = item
+    source, path, group, license, file, content, reason, package = item
     if reason: return reason, None
-    if not all(map(_utf8, (source, path, group, license))): return "undecodable_path", None
+    if not all(map(_utf8, (source, path, group, license, package))): return "undecodable_path", None
     cfg, minhash, decon = _WORKER["cfg"], _WORKER["minhash"], _WORKER["decon"]
     data = _read(file, cfg.max_file_bytes) if file else None
     if isinstance(data, str): return data, None
@@ -156,7 +156,7 @@ def examine(item) -> tuple:
     if decon and (task := decon.match(normalize_ws(content), set(tokens))): return "contaminated", task
     raw = content.encode("utf-8")
     record = dict(content=content, path=path, source=source, lang=lang, ext=ext, size=len(raw),
-                  hexsha=hashlib.sha1(b"blob %d\0" % len(raw) + raw).hexdigest(), **info, license=license, group=group)
+                  hexsha=hashlib.sha1(b"blob %d\0" % len(raw) + raw).hexdigest(), **info, license=license, group=group, package=package)
     signature = minhash.signature(shingle_hashes(tokens, cfg.shingle_size))
     return "kept", record, content_hash(content), signature, [pii[k] for k in PLACEHOLDERS]
 
@@ -208,7 +208,7 @@ def _examined(items, cfg: CurateConfig, workers: int):
 RECORD_SCHEMA = pa.schema([("content", pa.string()), ("path", pa.string()), ("source", pa.string()), ("lang", pa.string()),
                            ("ext", pa.string()), ("size", pa.int64()), ("hexsha", pa.string()), ("avg_line_length", pa.float64()),
                            ("max_line_length", pa.float64()), ("alphanum_fraction", pa.float64()), ("license", pa.string()),
-                           ("group", pa.string())])
+                           ("group", pa.string()), ("package", pa.string())])
 
 # %% ../nbs/01_curate.ipynb #2b03c891
 class Spool:
@@ -218,13 +218,14 @@ class Spool:
         self.path, self.sig_path, self.num_perm, self.row_group_bytes = folder / "records.parquet", folder / "signatures.u32", num_perm, row_group_bytes
         self.writer, self.rows, self.pending = pq.ParquetWriter(self.path, RECORD_SCHEMA), [], 0
         self.sig_file = open(self.sig_path, "wb")
-        self.groups, self.langs, self.licenses, self.sizes, self.pii, self.no_shingles = [], [], [], [], [], []
+        self.groups, self.langs, self.licenses, self.packages, self.sizes, self.pii, self.no_shingles = [], [], [], [], [], [], []
 
     def add(self, record: dict, signature: np.ndarray, pii: list[int]):
         "Append one kept record."
         self.rows.append(record); self.pending += record["size"]
         self.sig_file.write(signature.tobytes())
         self.groups.append(record["group"]); self.langs.append(record["lang"]); self.licenses.append(record["license"])
+        self.packages.append(record["package"])
         self.sizes.append(record["size"]); self.pii.append(pii)
         self.no_shingles.append(bool((signature == 0xFFFFFFFF).all()))
         if self.pending >= self.row_group_bytes: self.flush()
@@ -336,6 +337,12 @@ def _stats(cfg, sources, counts, spool, keep, codes, split_of, hist) -> dict:
         entry = langs.setdefault(lang, {"files": 0, "bytes": 0}); entry["files"] += 1; entry["bytes"] += size
         splits[SPLITS[code]]["files"] += 1; splits[SPLITS[code]]["bytes"] += size; pii += p
     for split in split_of.values(): splits[split]["groups"] += 1
+    versions = {name: info["version"] for s in sources if s.packages for name, info in s.packages.items()}
+    packages = {}
+    for pkg, lic, size, code, k in zip(spool.packages, spool.licenses, spool.sizes, codes, keep):
+        if not (k and pkg): continue
+        entry = packages.setdefault(pkg, {"version": versions.get(pkg, ""), "license": lic, "files": 0, "bytes": 0, "splits": Counter()})
+        entry["files"] += 1; entry["bytes"] += size; entry["splits"][SPLITS[code]] += 1
     return {"dataset": cfg.dataset_name, "fingerprint": cfg.fingerprint(),
             "sources": [{"name": s.name, "kind": s.kind, "path": str(s.path), "license": s.license} for s in sources],
             "seen": counts["seen"], "kept": kept, "removed": removed,
@@ -344,6 +351,7 @@ def _stats(cfg, sources, counts, spool, keep, codes, split_of, hist) -> dict:
             "pii_replacements": dict(zip(PLACEHOLDERS, map(int, pii))),
             "contaminated_tasks": dict(sorted(counts["contaminated_tasks"].items())),
             "licenses": dict(licenses.most_common()),
+            "packages": {p: {**v, "splits": dict(sorted(v["splits"].items()))} for p, v in sorted(packages.items(), key=lambda kv: (-kv[1]["bytes"], kv[0]))},
             "line_length_histogram": {"bin_width": 10, "counts": hist.tolist()},
             "filters": {k: getattr(cfg, k) for k in ("max_file_bytes", "max_line_length", "max_avg_line_length", "min_alphanum_fraction",
                                                      "data_file_chars", "near_dedup_threshold", "num_perm", "shingle_size",
