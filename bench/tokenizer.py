@@ -5,6 +5,7 @@
     .venv/bin/python bench/tokenizer.py --run runs/NAME    # a curated run's splits instead
     .venv/bin/python bench/tokenizer.py --ablations        # add the pre-tokenization ablation table
     .venv/bin/python bench/tokenizer.py --cl100k --run runs/site-packages   # the run's vocabulary vs cl100k_base
+    .venv/bin/python bench/tokenizer.py --tokens --run runs/site-packages   # tokens of each split (encodes all of it)
 
 Without --run the held-out set is the standard library's `test` package (validation and test halves together).
 
@@ -137,8 +138,14 @@ def cl100k_comparison(run: Path, tmp: Path):
         bpt["cl100k"] = n_bytes / sum(map(len, cl100k.encode_ordinary_batch(texts)))
         print(f"| {name} | {len(texts)} | {n_bytes / 1e6:.2f} | {bpt['stdlib']:.3f} | {bpt['run']:.3f} | {bpt['cl100k']:.3f} | "
               f"{bpt['run'] / bpt['cl100k'] - 1:+.1%} |", flush=True)
-    print(f"\n| {stats['dataset']} split | files | MB | tokens ({size}-token vocabulary of the run) | encode s |\n| --- | ---: | ---: | ---: | ---: |")
-    for split in ("train", "validation", "test"):
+
+
+def split_tokens(run: Path):
+    "Print files, bytes and tokens of each split of a run under its own vocabulary (the whole dataset is encoded)."
+    from tokenizers import Tokenizer
+    ours = Tokenizer.from_file(str(run / "tokenizer" / "tokenizer.json"))
+    print(f"\n| split | files | MB | tokens ({ours.get_vocab_size()}-token vocabulary of the run) | encode s |\n| --- | ---: | ---: | ---: | ---: |")
+    for split in ("test", "validation", "train"):
         files = n_bytes = tokens = 0
         t0 = time.perf_counter()
         for b in iter_batches(split_shards(run / "data" / split)):
@@ -152,12 +159,13 @@ def main():
     ap.add_argument("--vocab-size", type=int, default=32768)
     ap.add_argument("--ablations", action="store_true")
     ap.add_argument("--cl100k", action="store_true", help="only compare the --run's tokenizer (its size, not --vocab-size) with cl100k_base")
+    ap.add_argument("--tokens", action="store_true", help="only count the tokens of each split of --run under its own vocabulary")
     args = ap.parse_args()
-    if args.cl100k and not args.run: ap.error("--cl100k needs --run: a run whose curate and tokenizer stages finished")
+    if (args.cl100k or args.tokens) and not args.run: ap.error("--cl100k and --tokens need --run: a run whose curate and tokenizer stages finished")
     with tempfile.TemporaryDirectory() as tmp:
-        if args.cl100k:
+        if args.cl100k or args.tokens:
             print(f"load: {os.getloadavg()[0]:.2f}  cores: {os.cpu_count()}  run: {args.run}")
-            return cl100k_comparison(Path(args.run), Path(tmp))
+            return cl100k_comparison(Path(args.run), Path(tmp)) if args.cl100k else split_tokens(Path(args.run))
         data = Path(args.run) / "data" if args.run else stdlib_run(Path(tmp)) / "data"
         print(f"load: {os.getloadavg()[0]:.2f}  cores: {os.cpu_count()}  data: {data}")
         tok_path = str(Path(tmp) / "code.json")
