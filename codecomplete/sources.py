@@ -107,7 +107,7 @@ def installed_distributions(root: Path) -> tuple[dict, dict]:
         packages[name] = {"version": dist.version, "license": distribution_license(dist.metadata)}
         for f in dist.files or []:
             rel = Path(os.path.normpath(f))
-            if rel.is_absolute() or rel.parts[0] == ".." or rel.parts[0].endswith(".dist-info") or "__pycache__" in rel.parts: continue
+            if rel.is_absolute() or rel.parts[:1] in ((), ("..",)) or rel.parts[0].endswith(".dist-info") or "__pycache__" in rel.parts: continue
             package_of.setdefault(rel.as_posix(), name)
     return packages, package_of
 
