@@ -9,7 +9,8 @@ import numpy as np
 import psutil
 import pyarrow.parquet as pq
 
-from codecomplete.curate import SPLITS, _walk, default_corpus, language_of
+from codecomplete.curate import SPLITS
+from codecomplete.sources import _walk, default_corpus, language_of
 from codecomplete.dedup import MinHasher, UnionFind, lsh_params, near_duplicates, shingle_hashes, tokenize
 
 

@@ -4,12 +4,13 @@
 
 # %% ../nbs/01_curate.ipynb #06afb3d4
 from __future__ import annotations
-import gzip, hashlib, json, multiprocessing as mp, os, re, shutil, signal, stat, subprocess, sys, sysconfig, threading, time
+import hashlib, json, multiprocessing as mp, os, re, shutil, signal, stat, sys, threading, time
 from collections import Counter
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
+import psutil
 import pyarrow as pa, pyarrow.parquet as pq
 from tqdm import tqdm
 from .config import (ConfigError, StageConfig, atomic_dir, atomic_write_text, begin_stage, finish_stage,
@@ -17,40 +18,27 @@ from .config import (ConfigError, StageConfig, atomic_dir, atomic_write_text, be
 from .dedup import Decontaminator, MinHasher, content_hash, lsh_params, near_duplicates, normalize_ws, shingle_hashes, tokenize
 from .pii import PLACEHOLDERS, redact_pii
 from .datacard import write_card
+from .sources import EXTENSIONS, LANGUAGES, SITE_PACKAGES, Source, iter_items, language_of, resolve_sources
 
 # %% auto #0
-__all__ = ['EXTENSIONS', 'LANGUAGES', 'LANG_BY_EXT', 'DATA_LANGUAGES', 'SPLITS', 'REASONS', 'RECORD_SCHEMA', 'LINE_BINS',
-           'language_of', 'CurateConfig', 'Source', 'default_corpus', 'resolve_source', 'resolve_sources', 'iter_items',
-           'quality_reason', 'examine', 'assign_splits', 'Spool', 'examine_all', 'ShardWriter', 'write_splits',
-           'EmptyDatasetError', 'curate']
+__all__ = ['DATA_LANGUAGES', 'SPLITS', 'REASONS', 'RECORD_SCHEMA', 'LINE_BINS', 'CurateConfig', 'quality_reason', 'examine',
+           'assign_splits', 'Spool', 'examine_all', 'ShardWriter', 'write_splits', 'EmptyDatasetError', 'curate']
 
 # %% ../nbs/01_curate.ipynb #c1a500d5
-EXTENSIONS = {
-    "python": [".py", ".pyw", ".pyi"], "javascript": [".js", ".mjs", ".cjs", ".jsx"], "typescript": [".ts", ".tsx", ".mts", ".cts"],
-    "java": [".java"], "c": [".c", ".h"], "cpp": [".cpp", ".cc", ".cxx", ".hpp", ".hh", ".hxx", ".c++", ".h++", ".ipp"],
-    "go": [".go"], "rust": [".rs"], "shell": [".sh", ".bash", ".zsh", ".ksh"], "sql": [".sql"], "html": [".html", ".htm", ".xhtml"],
-    "css": [".css"], "markdown": [".md", ".markdown"], "json": [".json"], "yaml": [".yaml", ".yml"]}
-LANGUAGES = list(EXTENSIONS)
-LANG_BY_EXT = {ext: lang for lang, exts in EXTENSIONS.items() for ext in exts}
 DATA_LANGUAGES = {"json", "yaml"}
 SPLITS = ("train", "validation", "test")
 REASONS = ("unsupported_language", "language_not_selected", "symlink", "unreadable", "too_large", "binary", "undecodable", "undecodable_path",
            "malformed_record", "data_file_size", "auto_generated", "max_line_length", "avg_line_length", "alphanum_fraction",
            "contaminated", "exact_duplicate", "near_duplicate")
 
-def language_of(path: str) -> tuple[str | None, str]:
-    "(language or None, lower-case extension) of `path`."
-    ext = os.path.splitext(path)[1].lower()
-    return LANG_BY_EXT.get(ext), ext
-
 # %% ../nbs/01_curate.ipynb #a89330e3
 @dataclass
 class CurateConfig(StageConfig):
     "Settings of the curate stage."
-    sources: list[str] = setting([], "directories, git repositories, .jsonl/.jsonl.gz files, .parquet files or folders; empty = the running Python's standard library")
-    dataset_name: str = setting("", "name of the dataset: the data card is <dataset_name>.md; '' = 'python-stdlib' for the default corpus (empty sources), else the run folder's name")
+    sources: list[str] = setting([], "directories, git repositories, .jsonl/.jsonl.gz files, .parquet files or folders, or site-packages (the installed packages, each file with its package and licence); empty = the running Python's standard library")
+    dataset_name: str = setting("", "name of the dataset: the data card is <dataset_name>.md; '' = 'python-stdlib' for the default corpus (empty sources), 'python-site-packages' for sources=[site-packages] alone, else the run folder's name")
     languages: list[str] = setting(LANGUAGES, "languages to keep (by file extension)")
-    license: str = setting("", "license of directory and git sources ('' = unknown); the default corpus is PSF-2.0")
+    license: str = setting("", "license of directory and git sources ('' = unknown); the default corpus is PSF-2.0, site-packages files take their package's")
     content_column: str = setting("content", "JSONL/Parquet field holding the file text")
     path_column: str = setting("path", "JSONL/Parquet field holding the file path (max_stars_repo_path is recognized too)")
     repo_column: str = setting("", "JSONL/Parquet field naming the repository; '' = max_stars_repo_name, repo_name or repo when present")
@@ -80,7 +68,7 @@ class CurateConfig(StageConfig):
     def validate(self):
         if not self.dataset_name:
             run_name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(self.run_dir).absolute().name).strip("-._")
-            self.dataset_name = (run_name or "dataset") if self.sources else "python-stdlib"
+            self.dataset_name = ("python-site-packages" if self.sources == [SITE_PACKAGES] else run_name or "dataset") if self.sources else "python-stdlib"
         bad = [l for l in self.languages if l not in EXTENSIONS]
         if bad: raise ConfigError(f"languages: unknown {bad}; choose from {', '.join(LANGUAGES)}")
         if not self.languages: raise ConfigError("languages is empty; name at least one of " + ", ".join(LANGUAGES))
@@ -101,132 +89,6 @@ class CurateConfig(StageConfig):
                           ("decontaminate_min_chars", self.decontaminate_min_chars >= 1, ">= 1"),
                           ("num_workers", self.num_workers >= 0, ">= 0 (0 = all cores)"), ("max_files", self.max_files >= 0, ">= 0 (0 = all)"))
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.dataset_name): raise ConfigError(f"dataset_name={self.dataset_name!r}: use letters, digits, '.', '_' and '-'")
-
-# %% ../nbs/01_curate.ipynb #2b33c412
-@dataclass
-class Source:
-    "A resolved input: `kind` is dir, git, jsonl or parquet."
-    name: str
-    kind: str
-    path: Path
-    license: str = ""
-    files: list | None = None
-    skip_dirs: frozenset = frozenset({"__pycache__", ".git"})
-
-def default_corpus() -> Source:
-    "The running Python's standard library source, without site-packages and __pycache__."
-    stdlib = Path(sysconfig.get_paths()["stdlib"])
-    return Source("python-stdlib", "dir", stdlib, "PSF-2.0", skip_dirs=frozenset({"__pycache__", ".git", "site-packages", "dist-packages"}))
-
-def _git_files(src: Source):
-    proc = subprocess.run(["git", "-c", "safe.directory=*", "-C", str(src.path), "ls-files", "-z"], capture_output=True)
-    if proc.returncode: raise ConfigError(f"source {src.path}: git ls-files failed ({proc.stderr.decode(errors='replace').strip()}); is it a valid repository?")
-    files = sorted(f for f in proc.stdout.decode("utf-8", "surrogateescape").split("\0") if f)
-    if not files: raise ConfigError(f"source {src.path}: the git repository tracks no files; commit some or remove it from sources")
-    return [(src.path / f, None) for f in files]
-
-_STACK_PATHS, _STACK_REPOS = ("max_stars_repo_path", "path"), ("max_stars_repo_name", "repo_name", "repo")
-
-def _parquet_files(path: Path) -> list[Path]:
-    return [path] if path.is_file() else sorted(p for p in path.rglob("*.parquet") if p.is_file())
-
-def _check_parquet(path: Path, cfg: CurateConfig):
-    for f in _parquet_files(path):
-        try: names = pq.read_schema(f).names
-        except Exception as e: raise ConfigError(f"source {f}: not a readable parquet file ({e}); fix or remove it") from None
-        if cfg.content_column not in names:
-            raise ConfigError(f"source {f}: no {cfg.content_column!r} column (columns: {', '.join(names)}); set content_column to the column holding the text")
-        if not {cfg.path_column, *_STACK_PATHS} & set(names):
-            raise ConfigError(f"source {f}: no {cfg.path_column!r} column (columns: {', '.join(names)}); set path_column to the column holding file paths")
-
-def resolve_source(text: str, cfg: CurateConfig) -> Source:
-    "Check one source string and say what it is, or raise `ConfigError` naming the problem and the fix."
-    path = Path(text).expanduser()
-    if not path.exists(): raise ConfigError(f"source {text!r} does not exist (or is a broken or looping symlink); fix the path or remove it from sources")
-    name = path.name.removesuffix(".gz").removesuffix(".jsonl").removesuffix(".parquet") or "source"
-    if path.is_dir() and (path / ".git").exists():
-        src = Source(name, "git", path, cfg.license); src.files = _git_files(src); return src
-    if path.name.endswith((".jsonl", ".jsonl.gz")): return Source(name, "jsonl", path)
-    if path.suffix == ".parquet" or (path.is_dir() and _parquet_files(path) and all(
-            p.suffix == ".parquet" for p in path.rglob("*") if p.is_file() and not p.name.startswith((".", "_")))):
-        _check_parquet(path, cfg); return Source(name, "parquet", path)
-    if path.is_dir() and not any(path.iterdir()): raise ConfigError(f"source {text!r} is an empty directory; put files in it or remove it from sources")
-    return Source(name, "dir", path, cfg.license)
-
-def resolve_sources(cfg: CurateConfig) -> list[Source]:
-    "Every configured source, resolved (the default corpus when `sources` is empty)."
-    return [resolve_source(s, cfg) for s in cfg.sources] if cfg.sources else [default_corpus()]
-
-# %% ../nbs/01_curate.ipynb #7f9e6ae2
-def _walk(top: Path, skip_dirs: frozenset):
-    "(path, None) for every file under `top` in sorted order without following symlinks; (path, 'unreadable') for unreadable folders."
-    try:
-        with os.scandir(top) as it: entries = sorted(it, key=lambda e: e.name)
-    except OSError: yield top, "unreadable"; return
-    for e in entries:
-        if e.is_dir(follow_symlinks=False):
-            if e.name not in skip_dirs: yield from _walk(Path(e.path), skip_dirs)
-        else: yield Path(e.path), None
-
-def _file_items(src: Source, paths, cfg: CurateConfig):
-    languages = set(cfg.languages)
-    for path, reason in paths:
-        rel = path.relative_to(src.path).as_posix() if path != src.path else path.name
-        group = (f"{src.name}/{rel}" if cfg.group_by == "file" else src.name if src.kind == "git" or path == src.path
-                 else f"{src.name}/{rel.split('/')[0]}")
-        lang, _ = language_of(rel)
-        reason = reason or ("unsupported_language" if lang is None else None if lang in languages else "language_not_selected")
-        yield src.name, rel, group, src.license, str(path), None, reason
-
-# %% ../nbs/01_curate.ipynb #b1073691
-def _record_item(src: Source, rec, cfg: CurateConfig, where: str):
-    if not isinstance(rec, dict): return src.name, where, src.name, "", None, None, "malformed_record"
-    path = next((rec[c] for c in (cfg.path_column, *_STACK_PATHS) if isinstance(rec.get(c), str)), None)
-    content = rec.get(cfg.content_column)
-    if path is None or not isinstance(content, str): return src.name, where, src.name, "", None, None, "malformed_record"
-    repo = next((rec[c] for c in ((cfg.repo_column,) if cfg.repo_column else _STACK_REPOS) if isinstance(rec.get(c), str)), None)
-    licenses = next((rec[c] for c in ("license", "max_stars_repo_licenses", "licenses") if rec.get(c)), "")
-    license = ",".join(licenses) if isinstance(licenses, (list, tuple)) else str(licenses)
-    group = f"{src.name}/{path}" if cfg.group_by == "file" else repo or f"{src.name}/{path.split('/')[0]}"
-    lang, _ = language_of(path)
-    reason = "unsupported_language" if lang is None else None if lang in cfg.languages else "language_not_selected"
-    if reason is None and len(content) > cfg.max_file_bytes: reason = "too_large"
-    return src.name, path, group, license, None, (None if reason else content), reason
-
-def _jsonl_lines(path: Path):
-    lineno = 0
-    try:
-        with (gzip.open if path.name.endswith(".gz") else open)(path, "rb") as f:
-            for lineno, line in enumerate(f, 1): yield lineno, line
-    except (OSError, EOFError) as e:
-        raise ConfigError(f"source {path}: cannot be read after line {lineno} ({e}); repair or remove it") from None
-
-def _jsonl_items(src: Source, cfg: CurateConfig):
-    for lineno, line in _jsonl_lines(src.path):
-        if not line.strip(): continue
-        try: rec = json.loads(line)
-        except ValueError: rec = None
-        yield _record_item(src, rec, cfg, f"{src.path.name}:{lineno}")
-
-def _parquet_items(src: Source, cfg: CurateConfig):
-    for f in _parquet_files(src.path):
-        names = set(pq.read_schema(f).names)
-        wanted = [c for c in dict.fromkeys([cfg.content_column, cfg.path_column, *_STACK_PATHS, cfg.repo_column, *_STACK_REPOS,
-                                            "license", "max_stars_repo_licenses", "licenses"]) if c in names]
-        for batch in pq.ParquetFile(f).iter_batches(batch_size=64, columns=wanted):
-            for i, rec in enumerate(batch.to_pylist()): yield _record_item(src, rec, cfg, f"{f.name}:{i}")
-
-def iter_items(sources: list[Source], cfg: CurateConfig):
-    "Every input item of `sources`, in a fixed order, up to `cfg.max_files`."
-    n = 0
-    for src in sources:
-        if src.kind == "jsonl": items = _jsonl_items(src, cfg)
-        elif src.kind == "parquet": items = _parquet_items(src, cfg)
-        elif src.kind == "git": items = _file_items(src, src.files, cfg)
-        else: items = _file_items(src, [(src.path, None)] if src.path.is_file() else _walk(src.path, src.skip_dirs), cfg)
-        for item in items:
-            if cfg.max_files and n >= cfg.max_files: return
-            n += 1; yield item
 
 # %% ../nbs/01_curate.ipynb #d74f754f
 _AUTOGEN = re.compile(r"auto-generated|autogenerated|automatically generated", re.I)
@@ -270,9 +132,9 @@ def quality_reason(text: str, lang: str, cfg: CurateConfig) -> tuple[str | None,
 
 def examine(item) -> tuple:
     "(reason, detail) for a removed item, or ('kept', record, exact hash, signature, PII counts)."
-    source, path, group, license, file, content, reason = item
+    source, path, group, license, file, content, reason, package = item
     if reason: return reason, None
-    if not all(map(_utf8, (source, path, group, license))): return "undecodable_path", None
+    if not all(map(_utf8, (source, path, group, license, package))): return "undecodable_path", None
     cfg, minhash, decon = _WORKER["cfg"], _WORKER["minhash"], _WORKER["decon"]
     data = _read(file, cfg.max_file_bytes) if file else None
     if isinstance(data, str): return data, None
@@ -294,7 +156,7 @@ def examine(item) -> tuple:
     if decon and (task := decon.match(normalize_ws(content), set(tokens))): return "contaminated", task
     raw = content.encode("utf-8")
     record = dict(content=content, path=path, source=source, lang=lang, ext=ext, size=len(raw),
-                  hexsha=hashlib.sha1(b"blob %d\0" % len(raw) + raw).hexdigest(), **info, license=license, group=group)
+                  hexsha=hashlib.sha1(b"blob %d\0" % len(raw) + raw).hexdigest(), **info, license=license, group=group, package=package)
     signature = minhash.signature(shingle_hashes(tokens, cfg.shingle_size))
     return "kept", record, content_hash(content), signature, [pii[k] for k in PLACEHOLDERS]
 
@@ -346,7 +208,7 @@ def _examined(items, cfg: CurateConfig, workers: int):
 RECORD_SCHEMA = pa.schema([("content", pa.string()), ("path", pa.string()), ("source", pa.string()), ("lang", pa.string()),
                            ("ext", pa.string()), ("size", pa.int64()), ("hexsha", pa.string()), ("avg_line_length", pa.float64()),
                            ("max_line_length", pa.float64()), ("alphanum_fraction", pa.float64()), ("license", pa.string()),
-                           ("group", pa.string())])
+                           ("group", pa.string()), ("package", pa.string())])
 
 # %% ../nbs/01_curate.ipynb #2b03c891
 class Spool:
@@ -356,13 +218,14 @@ class Spool:
         self.path, self.sig_path, self.num_perm, self.row_group_bytes = folder / "records.parquet", folder / "signatures.u32", num_perm, row_group_bytes
         self.writer, self.rows, self.pending = pq.ParquetWriter(self.path, RECORD_SCHEMA), [], 0
         self.sig_file = open(self.sig_path, "wb")
-        self.groups, self.langs, self.licenses, self.sizes, self.pii, self.no_shingles = [], [], [], [], [], []
+        self.groups, self.langs, self.licenses, self.packages, self.sizes, self.pii, self.no_shingles = [], [], [], [], [], [], []
 
     def add(self, record: dict, signature: np.ndarray, pii: list[int]):
         "Append one kept record."
         self.rows.append(record); self.pending += record["size"]
         self.sig_file.write(signature.tobytes())
         self.groups.append(record["group"]); self.langs.append(record["lang"]); self.licenses.append(record["license"])
+        self.packages.append(record["package"])
         self.sizes.append(record["size"]); self.pii.append(pii)
         self.no_shingles.append(bool((signature == 0xFFFFFFFF).all()))
         if self.pending >= self.row_group_bytes: self.flush()
@@ -440,18 +303,11 @@ def write_splits(spool: Spool, keep: np.ndarray, split_codes: np.ndarray, folder
 class EmptyDatasetError(RuntimeError):
     "No input file survived curation."
 
-def _alive(pid: int) -> bool:
-    "Whether process `pid` runs (on this machine)."
-    try: os.kill(pid, 0)
-    except ProcessLookupError: return False
-    except PermissionError: pass
-    return True
-
 def _remove_stale_spools(out: Path):
     "Delete the `.spool-<pid>` folders in `out` of curate processes that were killed (they no longer run)."
     for folder in out.glob(".spool-*"):
         pid = folder.name.removeprefix(".spool-")
-        if pid.isdigit() and not _alive(int(pid)): shutil.rmtree(folder, ignore_errors=True)
+        if pid.isdigit() and not psutil.pid_exists(int(pid)): shutil.rmtree(folder, ignore_errors=True)
 
 def _dedup_and_split(spool: Spool, signatures: np.ndarray, cfg: CurateConfig):
     near = np.zeros(len(spool.sizes), dtype=bool)
@@ -481,6 +337,12 @@ def _stats(cfg, sources, counts, spool, keep, codes, split_of, hist) -> dict:
         entry = langs.setdefault(lang, {"files": 0, "bytes": 0}); entry["files"] += 1; entry["bytes"] += size
         splits[SPLITS[code]]["files"] += 1; splits[SPLITS[code]]["bytes"] += size; pii += p
     for split in split_of.values(): splits[split]["groups"] += 1
+    versions = {name: info["version"] for s in sources if s.packages for name, info in s.packages.items()}
+    packages = {}
+    for pkg, lic, size, code, k in zip(spool.packages, spool.licenses, spool.sizes, codes, keep):
+        if not (k and pkg): continue
+        entry = packages.setdefault(pkg, {"version": versions.get(pkg, ""), "license": lic, "files": 0, "bytes": 0, "splits": Counter()})
+        entry["files"] += 1; entry["bytes"] += size; entry["splits"][SPLITS[code]] += 1
     return {"dataset": cfg.dataset_name, "fingerprint": cfg.fingerprint(),
             "sources": [{"name": s.name, "kind": s.kind, "path": str(s.path), "license": s.license} for s in sources],
             "seen": counts["seen"], "kept": kept, "removed": removed,
@@ -489,6 +351,7 @@ def _stats(cfg, sources, counts, spool, keep, codes, split_of, hist) -> dict:
             "pii_replacements": dict(zip(PLACEHOLDERS, map(int, pii))),
             "contaminated_tasks": dict(sorted(counts["contaminated_tasks"].items())),
             "licenses": dict(licenses.most_common()),
+            "packages": {p: {**v, "splits": dict(sorted(v["splits"].items()))} for p, v in sorted(packages.items(), key=lambda kv: (-kv[1]["bytes"], kv[0]))},
             "line_length_histogram": {"bin_width": 10, "counts": hist.tolist()},
             "filters": {k: getattr(cfg, k) for k in ("max_file_bytes", "max_line_length", "max_avg_line_length", "min_alphanum_fraction",
                                                      "data_file_chars", "near_dedup_threshold", "num_perm", "shingle_size",

@@ -66,6 +66,17 @@ def plot_card(stats: dict, folder: Path) -> list[str]:
 def _table(header: list[str], rows: list[list]) -> str:
     return "\n".join(["| " + " | ".join(header) + " |", "|" + "---|" * len(header)] + ["| " + " | ".join(map(str, r)) + " |" for r in rows])
 
+def _packages(stats: dict) -> str:
+    "The card's table of installed packages (site-packages sources), or ''."
+    packages = stats.get("packages") or {}
+    if not packages: return ""
+    rows = [[p, v["version"], v["license"] or "unknown", v["files"], v["bytes"], ", ".join(s if len(v["splits"]) == 1 else f"{s} {n}" for s, n in v["splits"].items())]
+            for p, v in packages.items()]
+    return (f"\n\nInstalled packages ({len(packages)}; site-packages sources): each file's record carries its `package` (the distribution\n"
+            "whose RECORD lists it) and `license` (that distribution's License-Expression, License field or classifiers).\n"
+            "A package is one split group, so a held-out package is held out whole:\n\n"
+            + _table(["package", "version", "license", "files", "bytes", "split"], rows))
+
 def card_text(stats: dict) -> str:
     "The Markdown data card for `stats` (plots are referenced in the folder `<dataset>/` beside it)."
     name, f = stats["dataset"], stats["filters"]
@@ -86,11 +97,12 @@ Source code for training code-completion models, curated by the `codecomplete` c
 ## Motivation
 Built to train and evaluate small code-completion language models from scratch, on local data only, with every
 preprocessing step reproducible from its config. The default corpus is the running Python's standard library source: a
-real, permissively licensed code corpus present on every machine.
+real, permissively licensed code corpus present on every machine; the `site-packages` preset adds the code installed in
+the environment (the project's dependencies), each file with its package's licence.
 
 ## Composition
 Each instance is one source file with The Stack's fields: `content`, `path`, `source`, `lang`, `ext`, `size`, `hexsha`,
-`avg_line_length`, `max_line_length`, `alphanum_fraction`, `license`, `group`.
+`avg_line_length`, `max_line_length`, `alphanum_fraction`, `license`, `group`, `package`.
 
 {_table(["language", "files", "bytes"], [[l, v["files"], v["bytes"]] for l, v in stats["languages"].items()])}
 
@@ -102,11 +114,11 @@ Splits are by group (repository, or top-level package of a folder), so related f
 
 ![line-length distribution]({name}/line_lengths.png)
 
-Licenses of the kept files: {", ".join(f"{k} ({v})" for k, v in stats["licenses"].items())}.
+Licenses of the kept files: {", ".join(f"{k} ({v})" for k, v in stats["licenses"].items())}.{_packages(stats)}
 
 ## Collection process
-Sources: {sources}. Files were taken in sorted path order (git sources: tracked files only), without following
-symlinks; languages by file extension, selected: {", ".join(f["languages"])}.
+Sources: {sources}. Files were taken in sorted path order (git sources: tracked files only; site-packages: the
+files the installed distributions' RECORD files list), without following symlinks; languages by file extension, selected: {", ".join(f["languages"])}.
 
 ## Preprocessing
 Every input file is accounted for: {stats['kept']} kept + {removed} removed = {stats['seen']} seen.

@@ -278,3 +278,40 @@ def test_code_folder_with_a_stray_parquet_file_is_a_folder(tmp_path):
     pq.write_table(pa.table({"x": [1]}), src / "fixture.parquet")
     stats, tables = run(tmp_path, [src])
     assert kept_paths(tables) == ["good.py"] and stats["removed"]["unsupported_language"] == 1
+
+
+# ---- the site-packages preset ----
+
+def _fake_site_packages(root):
+    "Two installed distributions (licence from License-Expression / from classifiers) and the clutter a real site-packages holds."
+    def install(name, version, files, metadata):
+        info = root / f"{name}-{version}.dist-info"; info.mkdir(parents=True)
+        (info / "METADATA").write_text(f"Metadata-Version: 2.4\nName: {name}\nVersion: {version}\n{metadata}")
+        for rel, text in files.items():
+            if not rel.startswith(".."): (root / rel).parent.mkdir(parents=True, exist_ok=True); (root / rel).write_text(text)
+        record = [*files, f"{info.name}/METADATA", f"{info.name}/RECORD"]
+        (info / "RECORD").write_text("".join(f"{r},,\n" for r in record))
+    install("alpha", "1.2", {"alpha/__init__.py": GOOD, "alpha/core.py": GOOD.replace("area", "alpha_area"),
+                             "alpha/__pycache__/core.cpython-311.pyc": "x", "../../../bin/alpha": "#!/bin/sh\n"}, "License-Expression: MIT\n")
+    install("beta", "0.1", {"beta.py": GOOD.replace("area", "beta_area")}, "License: UNKNOWN\nClassifier: License :: OSI Approved :: BSD License\n")
+    (root / "leftover.py").write_text(GOOD.replace("area", "stray"))  # in no RECORD: not installed code
+
+
+def test_site_packages_preset_gives_each_file_its_package_and_licence(tmp_path, monkeypatch):
+    import codecomplete.sources as sources_mod
+    site = tmp_path / "venv/lib/site-packages"; site.mkdir(parents=True); _fake_site_packages(site)
+    monkeypatch.setattr(sources_mod, "site_package_dirs", lambda: [site.resolve()])
+    stats, tables = run(tmp_path, ["site-packages"], test_fraction=0, validation_fraction=0.3)
+    assert kept_paths(tables) == ["alpha/__init__.py", "alpha/core.py", "beta.py"] and stats["seen"] == 3
+    rows = pa.concat_tables([t for t in tables.values() if len(t)]).to_pylist()
+    assert {(r["path"], r["package"], r["group"], r["license"]) for r in rows} == {
+        ("alpha/__init__.py", "alpha", "alpha", "MIT"), ("alpha/core.py", "alpha", "alpha", "MIT"), ("beta.py", "beta", "beta", "BSD License")}
+    assert stats["sources"] == [{"name": "site-packages", "kind": "site-packages", "path": str(site.resolve()), "license": ""}]
+    assert stats["packages"] == {"alpha": {"version": "1.2", "license": "MIT", "files": 2, "bytes": len(GOOD) + len(GOOD.replace("area", "alpha_area")), "splits": {"validation": 2}},
+                                 "beta": {"version": "0.1", "license": "BSD License", "files": 1, "bytes": len(GOOD.replace("area", "beta_area")), "splits": {"train": 1}}}  # a package is one split group
+    card = (tmp_path / "run/data/card/python-site-packages.md").read_text()
+    assert "| alpha | 1.2 | MIT | 2 |" in card and "| beta | 0.1 | BSD License | 1 |" in card
+    empty = tmp_path / "empty-site"; empty.mkdir()
+    monkeypatch.setattr(sources_mod, "site_package_dirs", lambda: [empty])
+    with pytest.raises(ConfigError, match="no installed distribution lists files under .*install packages into this environment or remove it"):
+        run(tmp_path, ["site-packages"], name="none")
