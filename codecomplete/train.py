@@ -38,7 +38,8 @@ class TrainConfig(StageConfig):
     weight_decay: float = setting(0.1, "AdamW weight decay of the matrices (not of norms)")
     beta1: float = setting(0.9, "AdamW beta1")
     beta2: float = setting(0.95, "AdamW beta2")
-    optimizer: str = setting("adamw", "'adamw', or 'muon': torch.optim.Muon (lr and weight_decay as AdamW's) for the hidden layers' matrices, AdamW for embeddings, output head and norms")
+    optimizer: str = setting("adamw", "'adamw', or 'muon': torch.optim.Muon for the hidden layers' matrices, AdamW for embeddings, output head and norms")
+    muon_lr: float = setting(0.0, "peak learning rate of Muon's matrices with optimizer=muon (AdamW's groups keep lr); 0 = lr")
     loss_chunk_tokens: int = setting(8192, "tokens per chunk of the output projection + cross-entropy, so fp32 logits exist for one chunk at a time; 0 = the whole micro-batch", affects_output=False)
     grad_clip: float = setting(1.0, "clip the global gradient norm to this; 0 = off")
     seed: int = setting(0, "seed of the weights and of the data order")
@@ -72,7 +73,8 @@ class TrainConfig(StageConfig):
                           ("beta2", 0 <= self.beta2 < 1, "[0, 1)"), ("weight_decay", self.weight_decay >= 0, ">= 0"),
                           ("grad_clip", self.grad_clip >= 0, ">= 0 (0 = off)"), ("stop_at_step", self.stop_at_step >= 0, ">= 0 (0 = run to max_steps)"),
                           ("peak_tflops", self.peak_tflops >= 0, ">= 0 (0 = look the card up)"),
-                          ("loss_chunk_tokens", self.loss_chunk_tokens >= 0, ">= 0 (0 = the whole micro-batch)"))
+                          ("loss_chunk_tokens", self.loss_chunk_tokens >= 0, ">= 0 (0 = the whole micro-batch)"),
+                          ("muon_lr", math.isfinite(self.muon_lr) and self.muon_lr >= 0, "a finite number >= 0 (0 = lr)"))
         if not 0 <= self.warmup_steps < self.max_steps: raise ConfigError(f"warmup_steps={self.warmup_steps} must be below max_steps={self.max_steps}")
         if self.precision not in ("auto", "bf16", "fp32"): raise ConfigError(f"precision={self.precision!r}: use auto, bf16 or fp32")
         if self.distributed not in ("ddp", "fsdp"): raise ConfigError(f"distributed={self.distributed!r}: use ddp or fsdp")
@@ -160,7 +162,7 @@ def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     adamw = torch.optim.AdamW([{"params": [p for p in rest if p.ndim >= 2], "weight_decay": cfg.weight_decay},
                                {"params": [p for p in rest if p.ndim < 2], "weight_decay": 0.0}], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
     if not hidden: return adamw
-    return MuonAdamW(torch.optim.Muon(hidden, lr=cfg.lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw"), adamw)
+    return MuonAdamW(torch.optim.Muon(hidden, lr=cfg.muon_lr or cfg.lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw"), adamw)
 
 # %% ../nbs/05_train.ipynb #97b6098b
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0, "L4": 121.0}
