@@ -152,6 +152,7 @@ class MuonAdamW(torch.optim.Optimizer):
 
     def load_state_dict(self, state: dict):
         self.muon.load_state_dict(state["muon"]); self.adamw.load_state_dict(state["adamw"])
+        self.param_groups = self.muon.param_groups + self.adamw.param_groups  # loading makes new group dicts (Accelerate's prepare loads too)
 
 def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     "Fused AdamW with weight decay on matrices only; with `cfg.optimizer='muon'`, Muon takes the hidden layers' matrices (`MuonAdamW`)."

@@ -247,3 +247,19 @@ def test_attention_kernel_is_checked_before_the_stage_starts(packed, tmp_path, m
                                                     "on cpu in float32; use one that does: auto, math")):
         train(TrainConfig(run_dir=str(run), **BASE, attention="flash"))
     assert not (run / "train").exists()
+
+def test_muon_schedule_reaches_both_optimizers_after_prepare_and_resume():
+    "Accelerate's prepare (and every resume) reloads the optimizer state: the scheduler's learning rate must still reach Muon and AdamW."
+    from accelerate import Accelerator
+    from codecomplete.model import build_model, model_config
+    from codecomplete.train import lr_factor, make_optimizer
+    model = build_model(model_config("tiny", 256))
+    opt = make_optimizer(model, TrainConfig(**BASE, optimizer="muon"))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, 4, 16, 0.1))
+    acc = Accelerator(cpu=True)
+    model, popt, sched = acc.prepare(model, opt, sched)
+    for step in range(3):
+        popt.step(); sched.step()
+        opt.load_state_dict(opt.state_dict())  # as a resume does
+        want = BASE["lr"] * lr_factor(step + 1, 4, 16, 0.1)
+        assert [g["lr"] for g in opt.muon.param_groups + opt.adamw.param_groups] == pytest.approx([want] * 3)
