@@ -109,7 +109,7 @@ def our_loop(run: Path, name: str, seq: int, steps: int, settings: dict, log_eve
     mfus = [r["mfu"] for r in timed if r.get("mfu") is not None]
     return {"name": name, "loop": "codecomplete", "preset": cfg.preset, "seq_len": seq, "micro_batch": micro, "accum": args.accum,
             "batch_tokens": cfg.batch_tokens, "compile": mode, "attention": cfg.attention, "loss_chunk_tokens": cfg.loss_chunk_tokens,
-            "optimizer": cfg.optimizer, "lr": cfg.lr, "precision": "bf16" if cuda else "fp32", "steps": steps,
+            "optimizer": cfg.optimizer, "lr": cfg.lr, "muon_lr": cfg.muon_lr, "precision": "bf16" if cuda else "fp32", "steps": steps,
             "tokens_per_s": tps, "mfu": statistics.median(mfus) if mfus else None, "peak_mem_gib": round(peak_memory_gib(), 2),
             "flops_per_token": flops_per_token(model_config(cfg.preset, args.vocab), seq), "wall_s": round(wall, 1), "log": log}
 
