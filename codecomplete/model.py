@@ -4,23 +4,25 @@
 
 # %% ../nbs/03_model.ipynb #faada909
 from __future__ import annotations
-import difflib, math
+import difflib, math, warnings
+from contextlib import nullcontext
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from .config import ConfigError
 
 # %% auto #0
-__all__ = ['PRESETS', 'VOCAB_MULTIPLE', 'check_preset', 'padded_vocab_size', 'model_config', 'build_model', 'count_params',
-           'flops_per_token', 'preset_table']
+__all__ = ['PRESETS', 'VOCAB_MULTIPLE', 'SDPA_BACKENDS', 'check_preset', 'padded_vocab_size', 'model_config', 'build_model',
+           'attention_backend', 'check_attention', 'count_params', 'flops_per_token', 'preset_table']
 
 # %% ../nbs/03_model.ipynb #70a09303
 PRESETS = {
     "tiny":      dict(hidden_size=128,  num_hidden_layers=4,  num_attention_heads=4,  num_key_value_heads=2, intermediate_size=384,  max_position_embeddings=1024),
     "cpu-small": dict(hidden_size=256,  num_hidden_layers=6,  num_attention_heads=8,  num_key_value_heads=4, intermediate_size=704,  max_position_embeddings=1024),
-    "125m":      dict(hidden_size=768,  num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=4, intermediate_size=2048, max_position_embeddings=2048),
-    "350m":      dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, num_key_value_heads=8, intermediate_size=2816, max_position_embeddings=2048),
-    "1b":        dict(hidden_size=2048, num_hidden_layers=22, num_attention_heads=32, num_key_value_heads=4, intermediate_size=5632, max_position_embeddings=2048),
-    "3b":        dict(hidden_size=2560, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8, intermediate_size=8192, max_position_embeddings=2048),
+    "125m":      dict(hidden_size=768,  num_hidden_layers=12, num_attention_heads=6,  num_key_value_heads=2, intermediate_size=2048, max_position_embeddings=2048),
+    "125m-hd64": dict(hidden_size=768,  num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=4, intermediate_size=2048, max_position_embeddings=2048),
+    "350m":      dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=8,  num_key_value_heads=4, intermediate_size=2816, max_position_embeddings=2048),
+    "1b":        dict(hidden_size=2048, num_hidden_layers=22, num_attention_heads=16, num_key_value_heads=2, intermediate_size=5632, max_position_embeddings=2048),
+    "3b":        dict(hidden_size=2560, num_hidden_layers=32, num_attention_heads=20, num_key_value_heads=5, intermediate_size=8192, max_position_embeddings=2048),
 }
 VOCAB_MULTIPLE = 64
 
@@ -48,6 +50,42 @@ def build_model(config: LlamaConfig, device="cpu") -> LlamaForCausalLM:
     "A freshly initialized model with SDPA attention; `device='meta'` allocates nothing."
     with torch.device(device): return LlamaForCausalLM._from_config(config, attn_implementation="sdpa")
 
+# %% ../nbs/03_model.ipynb #e1a7c002
+SDPA_BACKENDS = {"auto": None, "cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "math": "MATH"}
+
+def attention_backend(name: str):
+    "A context that restricts scaled-dot-product attention to kernel `name` (one of `SDPA_BACKENDS`; 'auto' leaves PyTorch's choice)."
+    if name not in SDPA_BACKENDS: raise ConfigError(f"attention={name!r}: use one of {', '.join(SDPA_BACKENDS)}")
+    if name == "auto": return nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    return sdpa_kernel(getattr(SDPBackend, SDPA_BACKENDS[name]))
+
+def _sdpa_runs(name: str, heads: int, kv_heads: int, head_dim: int, device, dtype) -> bool:
+    "Whether kernel `name` runs a causal forward and backward with this head layout."
+    q = torch.zeros(1, heads, 16, head_dim, device=device, dtype=dtype, requires_grad=True)
+    kv = torch.zeros(1, kv_heads, 16, head_dim, device=device, dtype=dtype)
+    try:
+        with warnings.catch_warnings(), attention_backend(name):
+            warnings.simplefilter("ignore")  # each kernel's reasons for declining; the error below says what matters
+            torch.nn.functional.scaled_dot_product_attention(q, kv, kv, is_causal=True, enable_gqa=heads != kv_heads).sum().backward()
+        return True
+    except RuntimeError: return False
+
+def check_attention(config: LlamaConfig, name: str, device, dtype=torch.float32):
+    "Raise `ConfigError` unless attention kernel `name` runs `config`'s heads (grouped-query ones included) on `device` in `dtype`."
+    attention_backend(name)  # an unknown name fails here
+    if name == "auto": return
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    if _sdpa_runs(name, heads, kv_heads, head_dim, device, dtype): return
+    device, kind = torch.device(device), str(dtype).removeprefix("torch.")
+    working = ["auto"] + [b for b in SDPA_BACKENDS if b != "auto" and _sdpa_runs(b, heads, kv_heads, head_dim, device, dtype)]
+    if heads != kv_heads and _sdpa_runs(name, heads, heads, head_dim, device, dtype):
+        raise ConfigError(f"attention={name} does not run grouped-query attention ({heads} query heads sharing {kv_heads} key/value heads) "
+                          f"on {device.type} in {kind}; use one that does: {', '.join(working)}")
+    raise ConfigError(f"attention={name} has no kernel for {heads} heads of {head_dim} dims on {device.type} in {kind}; "
+                      f"kernels that run here: {', '.join(working)}")
+
 # %% ../nbs/03_model.ipynb #1a373034
 def count_params(config: LlamaConfig) -> dict:
     "Total parameters, those of the input embedding, and those in matrix products (the rest)."
@@ -68,6 +106,7 @@ def preset_table(vocab_size: int = 32768, seq_len: int = 2048) -> list[dict]:
         c = model_config(name, vocab_size)
         n = count_params(c)
         rows.append({"preset": name, "layers": d["num_hidden_layers"], "d_model": d["hidden_size"], "heads": d["num_attention_heads"],
+                     "head_dim": d["hidden_size"] // d["num_attention_heads"],
                      "kv_heads": d["num_key_value_heads"], "params_M": round(n["total"] / 1e6, 1), "matmul_M": round(n["matmul"] / 1e6, 1),
                      "GFLOPs_per_token": round(flops_per_token(c, min(seq_len, c.max_position_embeddings)) / 1e9, 3)})
     return rows

@@ -11,14 +11,16 @@ from pathlib import Path
 import torch
 from .config import (ConfigError, StageConfig, setting, stage_dir, should_skip, begin_stage, finish_stage,
                                  upstream_state, atomic_dir, atomic_write_text, parse_params)
-from .model import check_preset, model_config, build_model, count_params, flops_per_token, padded_vocab_size
+from .model import (check_preset, model_config, build_model, count_params, flops_per_token, padded_vocab_size,
+                                attention_backend, check_attention)
 from .pack import TokenLoader, load_run_tokenizer, read_meta
 
 # %% auto #0
-__all__ = ['PEAK_TFLOPS', 'RELAY_S', 'STOP_SIGNALS', 'TrainConfig', 'lm_loss', 'lr_factor', 'make_optimizer', 'device_peak_flops',
-           'write_manifest', 'checkpoint_problem', 'newest_valid_checkpoint', 'save_checkpoint', 'RunLog', 'read_log',
-           'check_inputs', 'check_init_from', 'checkpoint_identity', 'resume_or_start_over', 'StopSignal',
-           'evaluate_loss', 'bits_per_byte', 'train', 'launch', 'model_card', 'save_final_model', 'main']
+__all__ = ['PEAK_TFLOPS', 'RELAY_S', 'STOP_SIGNALS', 'TrainConfig', 'ChunkedLinearCrossEntropy', 'lm_loss', 'lr_factor',
+           'MuonAdamW', 'make_optimizer', 'device_peak_flops', 'write_manifest', 'checkpoint_problem',
+           'newest_valid_checkpoint', 'save_checkpoint', 'RunLog', 'read_log', 'check_inputs', 'check_init_from',
+           'check_attention_kernel', 'checkpoint_identity', 'resume_or_start_over', 'StopSignal', 'evaluate_loss',
+           'bits_per_byte', 'train', 'launch', 'model_card', 'save_final_model', 'main']
 
 # %% ../nbs/05_train.ipynb #b9bcf6ba
 @dataclass
@@ -36,6 +38,9 @@ class TrainConfig(StageConfig):
     weight_decay: float = setting(0.1, "AdamW weight decay of the matrices (not of norms)")
     beta1: float = setting(0.9, "AdamW beta1")
     beta2: float = setting(0.95, "AdamW beta2")
+    optimizer: str = setting("adamw", "'adamw', or 'muon': torch.optim.Muon for the hidden layers' matrices, AdamW for embeddings, output head and norms")
+    muon_lr: float = setting(0.0, "peak learning rate of Muon's matrices with optimizer=muon (AdamW's groups keep lr); 0 = lr")
+    loss_chunk_tokens: int = setting(8192, "tokens per chunk of the output projection + cross-entropy, so fp32 logits exist for one chunk at a time; 0 = the whole micro-batch", affects_output=False)
     grad_clip: float = setting(1.0, "clip the global gradient norm to this; 0 = off")
     seed: int = setting(0, "seed of the weights and of the data order")
     precision: str = setting("auto", "'auto' (bf16 autocast on GPU, fp32 on CPU), 'bf16' or 'fp32'")
@@ -46,6 +51,7 @@ class TrainConfig(StageConfig):
     log_every: int = setting(10, "steps between log lines (each costs one device sync)", affects_output=False)
     stop_at_step: int = setting(0, "stop with a checkpoint after this step, unfinished (rerun to continue); 0 = run to max_steps", affects_output=False)
     compile: bool = setting(False, "torch.compile the model (mode: env ACCELERATE_DYNAMO_MODE, e.g. max-autotune; default 'default')", affects_output=False)
+    attention: str = setting("auto", "scaled-dot-product attention kernel: auto (PyTorch's choice), cudnn, flash, efficient or math", affects_output=False)
     activation_checkpointing: bool = setting(False, "recompute activations in the backward pass to save memory", affects_output=False)
     distributed: str = setting("ddp", "'ddp' (replicate the model) or 'fsdp' (shard it) when several processes run", affects_output=False)
     num_processes: int = setting(1, "processes to start on this machine with accelerate.notebook_launcher from a notebook or job; leave 1 under `accelerate launch`", affects_output=False)
@@ -66,10 +72,16 @@ class TrainConfig(StageConfig):
                           ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "[0, 1]"), ("beta1", 0 <= self.beta1 < 1, "[0, 1)"),
                           ("beta2", 0 <= self.beta2 < 1, "[0, 1)"), ("weight_decay", self.weight_decay >= 0, ">= 0"),
                           ("grad_clip", self.grad_clip >= 0, ">= 0 (0 = off)"), ("stop_at_step", self.stop_at_step >= 0, ">= 0 (0 = run to max_steps)"),
-                          ("peak_tflops", self.peak_tflops >= 0, ">= 0 (0 = look the card up)"))
+                          ("peak_tflops", self.peak_tflops >= 0, ">= 0 (0 = look the card up)"),
+                          ("loss_chunk_tokens", self.loss_chunk_tokens >= 0, ">= 0 (0 = the whole micro-batch)"),
+                          ("muon_lr", math.isfinite(self.muon_lr) and self.muon_lr >= 0, "a finite number >= 0 (0 = lr)"))
         if not 0 <= self.warmup_steps < self.max_steps: raise ConfigError(f"warmup_steps={self.warmup_steps} must be below max_steps={self.max_steps}")
         if self.precision not in ("auto", "bf16", "fp32"): raise ConfigError(f"precision={self.precision!r}: use auto, bf16 or fp32")
         if self.distributed not in ("ddp", "fsdp"): raise ConfigError(f"distributed={self.distributed!r}: use ddp or fsdp")
+        if self.optimizer not in ("adamw", "muon"): raise ConfigError(f"optimizer={self.optimizer!r}: use adamw or muon")
+        if self.optimizer == "muon" and self.distributed == "fsdp":
+            raise ConfigError("optimizer=muon orthogonalizes each whole matrix, and distributed=fsdp shards the matrices across processes; use distributed=ddp with muon")
+        attention_backend(self.attention)  # an unknown kernel name fails here
         if self.num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
             raise ConfigError(f"num_processes={self.num_processes} would start processes inside one of the {os.environ['WORLD_SIZE']} that a launcher "
                               "(accelerate launch, torchrun) already started; leave num_processes=1 and give the launcher the process count")
@@ -83,23 +95,75 @@ class TrainConfig(StageConfig):
         return self.batch_tokens // per_step
 
 # %% ../nbs/05_train.ipynb #65fbde50
-def lm_loss(model, batch: torch.Tensor) -> torch.Tensor:
-    "Mean next-token cross-entropy (nats) of windows `(b, seq_len + 1)`."
-    x, y = batch[:, :-1].contiguous(), batch[:, 1:].contiguous()
-    return model(input_ids=x, labels=y, shift_labels=y, use_cache=False).loss
+class ChunkedLinearCrossEntropy(torch.autograd.Function):
+    "Mean cross-entropy of `hidden @ weight.T` against `targets`, `chunk` rows at a time, with the gradients made in the forward pass (if `grads`)."
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int, grads: bool) -> torch.Tensor:
+        total = torch.zeros((), device=hidden.device, dtype=torch.float32)
+        grad_hidden = torch.empty_like(hidden) if grads else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if grads else None
+        for start in range(0, len(targets), chunk):
+            h, t = hidden[start:start + chunk], targets[start:start + chunk]
+            logits = (h @ weight.t()).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
+            if grads:
+                dlogits = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+                dlogits[torch.arange(len(t), device=t.device), t] -= 1
+                grad_hidden[start:start + chunk] = dlogits @ weight.to(dlogits.dtype)
+                grad_weight += dlogits.t() @ h.to(dlogits.dtype)
+        ctx.n = len(targets)
+        if grads: ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
+        return total / len(targets)
 
+    @staticmethod
+    def backward(ctx, grad_loss):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        scale = grad_loss / ctx.n
+        return grad_hidden * scale, grad_weight * scale, None, None, None
+
+def lm_loss(model, batch: torch.Tensor, chunk_tokens: int = 0) -> torch.Tensor:
+    "Mean next-token cross-entropy (nats) of windows `(b, seq_len + 1)`, shifted here and only here; `chunk_tokens` as in `ChunkedLinearCrossEntropy` (0 = all at once)."
+    from accelerate.utils import extract_model_from_parallel
+    inputs, targets = batch[:, :-1].contiguous(), batch[:, 1:].reshape(-1)
+    hidden = model(input_ids=inputs, logits_to_keep=1, output_hidden_states=True, use_cache=False).hidden_states[-1]
+    head = extract_model_from_parallel(model, keep_torch_compile=False).get_output_embeddings()
+    grads = torch.is_grad_enabled() and (hidden.requires_grad or head.weight.requires_grad)  # not known inside `forward`, which runs without grad
+    return ChunkedLinearCrossEntropy.apply(hidden.reshape(len(targets), -1), head.weight, targets, chunk_tokens or len(targets), grads)
+
+# %% ../nbs/05_train.ipynb #c4e2a004
 def lr_factor(step: int, warmup: int, max_steps: int, min_ratio: float) -> float:
     "Multiplier of the peak learning rate at `step`: linear warmup, then cosine decay to `min_ratio`."
     if step < warmup: return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
-def make_optimizer(model, cfg: TrainConfig) -> torch.optim.AdamW:
-    "AdamW (the fused kernel) with weight decay on matrices only."
+class MuonAdamW(torch.optim.Optimizer):
+    "`torch.optim.Muon` and `torch.optim.AdamW` over disjoint parameters, stepped, scheduled and saved as one optimizer."
+    def __init__(self, muon: torch.optim.Muon, adamw: torch.optim.AdamW):
+        self.muon, self.adamw = muon, adamw
+        super().__init__(muon.param_groups + adamw.param_groups, {})  # the same group dicts: a scheduler's lr reaches both
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        self.muon.step(); self.adamw.step()
+
+    def state_dict(self) -> dict: return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state: dict):
+        self.muon.load_state_dict(state["muon"]); self.adamw.load_state_dict(state["adamw"])
+        self.param_groups = self.muon.param_groups + self.adamw.param_groups  # loading makes new group dicts (Accelerate's prepare loads too)
+
+def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
+    "Fused AdamW with weight decay on matrices only; with `cfg.optimizer='muon'`, Muon takes the hidden layers' matrices (`MuonAdamW`)."
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
+    outer = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
+    hidden = [p for p in params if p.ndim == 2 and id(p) not in outer] if cfg.optimizer == "muon" else []
+    rest = [p for p in params if all(p is not q for q in hidden)]
+    adamw = torch.optim.AdamW([{"params": [p for p in rest if p.ndim >= 2], "weight_decay": cfg.weight_decay},
+                               {"params": [p for p in rest if p.ndim < 2], "weight_decay": 0.0}], lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), fused=True)
+    if not hidden: return adamw
+    return MuonAdamW(torch.optim.Muon(hidden, lr=cfg.muon_lr or cfg.lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw"), adamw)
 
 # %% ../nbs/05_train.ipynb #97b6098b
 PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0, "L4": 121.0}
@@ -219,6 +283,14 @@ def check_init_from(path: Path, tok, seq_len: int):
         raise ConfigError(f"init_from model's tokenizer differs from the run's tokenizer in {tok.name_or_path}; use the model's tokenizer for this run")
     if seq_len > config.max_position_embeddings:
         raise ConfigError(f"seq_len={seq_len} is longer than the init_from model supports ({config.max_position_embeddings}); lower seq_len")
+
+# %% ../nbs/05_train.ipynb #c4e2a006
+def check_attention_kernel(cfg: TrainConfig, tok, acc):
+    "Raise `ConfigError` unless `cfg.attention` runs this model's attention heads on `acc`'s device and precision."
+    from transformers import AutoConfig
+    if cfg.attention == "auto": return
+    config = AutoConfig.from_pretrained(cfg.init_from) if cfg.init_from else model_config(cfg.preset, tok)
+    check_attention(config, cfg.attention, acc.device, torch.bfloat16 if acc.mixed_precision == "bf16" else torch.float32)
 
 # %% ../nbs/05_train.ipynb #a1f0c2d2
 def checkpoint_identity(cfg: TrainConfig) -> dict:
@@ -340,11 +412,12 @@ class StopSignal:
 
 # %% ../nbs/05_train.ipynb #44f739dc
 @torch.no_grad()
-def evaluate_loss(model, batches: list[torch.Tensor], acc) -> float:
+def evaluate_loss(model, batches: list[torch.Tensor], acc, cfg: TrainConfig) -> float:
     "Mean loss over this process's validation micro-batches, averaged over processes."
     model = acc.unwrap_model(model, keep_torch_compile=False)  # eager: no second compilation for no-grad mode
     model.eval()
-    losses = torch.stack([lm_loss(model, b.to(acc.device, non_blocking=True)) for b in batches])
+    with attention_backend(cfg.attention), acc.autocast():
+        losses = torch.stack([lm_loss(model, b.to(acc.device, non_blocking=True), cfg.loss_chunk_tokens) for b in batches])
     model.train()
     return acc.reduce(losses.mean(), "mean").item()
 
@@ -362,6 +435,7 @@ def train(cfg: TrainConfig) -> Path:
     acc = _make_accelerator(cfg)
     world, rank, main = acc.num_processes, acc.process_index, acc.is_main_process
     plan, identity = check_inputs(cfg, world, tok), checkpoint_identity(cfg)
+    check_attention_kernel(cfg, tok, acc)
     out, tokens, ckpts = stage_dir(cfg, "train"), stage_dir(cfg, "pack"), stage_dir(cfg, "train") / "checkpoints"
     cuda = acc.device.type == "cuda"
     loader = TokenLoader(tokens, "train", cfg.seq_len, cfg.micro_batch, plan["accum"], rank, world, cfg.seed, pin_memory=cuda)
@@ -387,13 +461,13 @@ def train(cfg: TrainConfig) -> Path:
     interval_loss, interval_steps, t_last = torch.zeros((), device=acc.device), 0, time.perf_counter()
     try:
         if step == 0:  # the untrained model's validation loss: the baseline every later figure is read against
-            val = evaluate_loss(model, eval_set, acc)
+            val = evaluate_loss(model, eval_set, acc, cfg)
             log.write({"step": 0, "val_loss": val, "val_bpb": bits_per_byte(val, plan["validation"])})
         while step < cfg.max_steps:
             for j, batch in enumerate(loader.next_step()):
                 batch = batch.to(acc.device, non_blocking=True)
-                with acc.no_sync(model) if j < plan["accum"] - 1 else nullcontext():
-                    loss = lm_loss(model, batch) / plan["accum"]
+                with acc.no_sync(model) if j < plan["accum"] - 1 else nullcontext(), attention_backend(cfg.attention):
+                    with acc.autocast(): loss = lm_loss(model, batch, cfg.loss_chunk_tokens) / plan["accum"]
                     acc.backward(loss)
                 interval_loss += loss.detach()
             grad_norm = acc.clip_grad_norm_(model.parameters(), cfg.grad_clip) if cfg.grad_clip else None
@@ -411,7 +485,7 @@ def train(cfg: TrainConfig) -> Path:
                 interval_loss.zero_(); interval_steps = 0
                 t_last = time.perf_counter()
             if step % cfg.eval_every == 0 or step == cfg.max_steps:
-                val = evaluate_loss(model, eval_set, acc)
+                val = evaluate_loss(model, eval_set, acc, cfg)
                 last_eval = {"step": step, "val_loss": val, "val_bpb": bits_per_byte(val, plan["validation"])}
                 log.write(last_eval)
             signalled = stop.agreed()  # every step: a signal to any rank stops all of them after this same step

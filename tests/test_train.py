@@ -172,6 +172,9 @@ def test_init_from_continues_and_rejects_other_vocab(packed, straight, tmp_path)
     (dict(warmup_steps=16), "warmup_steps=16 must be below max_steps"),
     (dict(grad_clip=-1), "grad_clip=-1.0 is out of range; use >= 0 (0 = off)"),
     (dict(lr=float("nan")), "lr=nan is out of range"),
+    (dict(optimizer="Muon"), "optimizer='Muon': use adamw or muon"),
+    (dict(optimizer="muon", distributed="fsdp"), "use distributed=ddp with muon"),
+    (dict(attention="flash3"), "attention='flash3': use one of auto, cudnn, flash, efficient, math"),
 ])
 def test_bad_configs_fail_at_construction(params, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
@@ -190,3 +193,74 @@ def test_bad_inputs_fail_before_compute(packed, tmp_path):
     with pytest.raises(ConfigError, match="validation split has"): train(TrainConfig(run_dir=str(run), **{**BASE, "seq_len": 1024, "micro_batch": 64, "batch_tokens": 65536}))
     result = run_module(run, "micro_bach=2", check=False)
     assert result.returncode != 0 and "did you mean 'micro_batch'" in result.stderr
+
+# --- the loss, the optimizer and the attention kernel ---
+
+def test_loss_shifts_the_targets_once():
+    "lm_loss scores position t against token t+1: transformers' own single shift of `labels`, never a second one."
+    from codecomplete.model import build_model, model_config
+    from codecomplete.train import lm_loss
+    torch.manual_seed(0)
+    model = build_model(model_config("tiny", 256))
+    with torch.no_grad(): model.lm_head.weight.mul_(50)  # confident predictions: the loss depends on which token is scored
+    batch = torch.randint(0, 256, (3, 33))
+    with torch.no_grad():
+        once = model(input_ids=batch, labels=batch).loss
+        logits = model(input_ids=batch[:, :-1]).logits
+        twice = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, 256), batch[:, 2:].reshape(-1))
+        for chunk in (0, 7, 96):
+            loss = lm_loss(model, batch, chunk)
+            torch.testing.assert_close(loss, once, rtol=1e-5, atol=0)
+            assert abs(float(loss) - float(twice)) > 0.1
+
+def test_chunked_loss_trains_like_the_whole_batch(packed, straight, tmp_path):
+    run = new_run(packed, tmp_path, "chunked")
+    train(TrainConfig(run_dir=str(run), **BASE, loss_chunk_tokens=24))  # 128-token micro-batches in 6 chunks (the last one short)
+    for (s1, a), (s2, b) in zip(losses(run), losses(straight), strict=True): assert s1 == s2 and abs(a - b) < 1e-4
+    diffs = {k: float((v - weights(straight)[k]).abs().max()) for k, v in weights(run).items()}
+    assert max(diffs.values()) < 1e-3, diffs  # float summation order only; AdamW turns it into far less than one lr=3e-3 step
+
+@pytest.fixture(scope="module")
+def muon_straight(packed, tmp_path_factory):
+    run = new_run(packed, tmp_path_factory.mktemp("muon"), "run")
+    train(TrainConfig(run_dir=str(run), **BASE, optimizer="muon"))
+    return run
+
+def test_muon_stop_and_resume_equals_straight(packed, straight, muon_straight, tmp_path):
+    run = new_run(packed, tmp_path, "muon-resume")
+    train(TrainConfig(run_dir=str(run), **BASE, optimizer="muon", stop_at_step=8))
+    state = torch.load(run / "train" / "checkpoints" / "step-00000008" / "optimizer.bin", weights_only=True)
+    assert state["muon"]["state"] and state["adamw"]["state"]  # both optimizers' state is in the checkpoint
+    train(TrainConfig(run_dir=str(run), **BASE, optimizer="muon"))
+    assert losses(run) == losses(muon_straight)
+    assert_same_weights(run, muon_straight)
+    w, adamw = weights(muon_straight), weights(straight)
+    assert not torch.allclose(w["model.layers.0.mlp.up_proj.weight"], adamw["model.layers.0.mlp.up_proj.weight"], atol=1e-3)
+
+def test_attention_kernel_is_checked_before_the_stage_starts(packed, tmp_path, monkeypatch):
+    import codecomplete.model as model
+    run = new_run(packed, tmp_path, "kernel")
+    with pytest.raises(ConfigError, match="attention=cudnn has no kernel for 4 heads of 32 dims on cpu in float32; kernels that run here: auto, flash, math"):
+        train(TrainConfig(run_dir=str(run), **BASE, attention="cudnn"))
+    assert not (run / "train").exists()
+    monkeypatch.setattr(model, "_sdpa_runs", lambda name, heads, kv_heads, *a: name == "math" or heads == kv_heads)  # a kernel without GQA
+    with pytest.raises(ConfigError, match=re.escape("attention=flash does not run grouped-query attention (4 query heads sharing 2 key/value heads) "
+                                                    "on cpu in float32; use one that does: auto, math")):
+        train(TrainConfig(run_dir=str(run), **BASE, attention="flash"))
+    assert not (run / "train").exists()
+
+def test_muon_schedule_reaches_both_optimizers_after_prepare_and_resume():
+    "Accelerate's prepare (and every resume) reloads the optimizer state: the scheduler's learning rate must still reach Muon and AdamW."
+    from accelerate import Accelerator
+    from codecomplete.model import build_model, model_config
+    from codecomplete.train import lr_factor, make_optimizer
+    model = build_model(model_config("tiny", 256))
+    opt = make_optimizer(model, TrainConfig(**BASE, optimizer="muon"))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, 4, 16, 0.1))
+    acc = Accelerator(cpu=True)
+    model, popt, sched = acc.prepare(model, opt, sched)
+    for step in range(3):
+        popt.step(); sched.step()
+        opt.load_state_dict(opt.state_dict())  # as a resume does
+        want = BASE["lr"] * lr_factor(step + 1, 4, 16, 0.1)
+        assert [g["lr"] for g in opt.muon.param_groups + opt.adamw.param_groups] == pytest.approx([want] * 3)
