@@ -162,13 +162,15 @@ def pack_split(cfg: PackConfig, split: str, shards: list[Path], tok, out: Path) 
     fim = split in cfg.fim_splits
     bin_tmp, idx_tmp = out / f".{split}.bin.tmp", out / f".{split}.idx.tmp"
     count = docs = nbytes = windows = 0
-    buffer, whole = np.empty(0, dtype=dtype), 0.0
+    buffer, whole, layouts = np.empty(0, dtype=dtype), 0.0, {"psm": 0, "spm": 0}
     with open(bin_tmp, "wb") as fbin, open(idx_tmp, "wb") as fidx:
         np.zeros(1, dtype=np.int64).tofile(fidx)
         def flush(rows: list[np.ndarray]):
             nonlocal count, windows, whole
             packed = fim_windows(rows, windows, split, cfg, tok, sp)
             whole += fim_share(packed, sp) * len(rows); windows += len(rows)
+            spm = int(((packed[:, :-1] == sp["prefix"]) & (packed[:, 1:] == sp["suffix"])).sum())
+            layouts["spm"] += spm; layouts["psm"] += int((packed == sp["prefix"]).sum()) - spm
             count = _write(packed.reshape(-1), fbin, fidx, count, sp["eot"])
         for shard in shards:
             for batch in pq.ParquetFile(shard).iter_batches(batch_size=cfg.batch_docs, columns=["content"]):
@@ -187,7 +189,7 @@ def pack_split(cfg: PackConfig, split: str, shards: list[Path], tok, out: Path) 
     meta = {"split": split, "dtype": np.dtype(dtype).name, "count": count, "docs": docs, "bytes": nbytes,
             "bytes_per_token": nbytes / max(count, 1), "vocab_size": len(tok), "eot_id": sp["eot"], "seed": cfg.seed,
             "fim": {"rate": cfg.fim_rate if fim else 0.0, "spm_rate": cfg.fim_spm_rate, "seq_len": L if fim else None,
-                    "windows": windows, "window_share": whole / windows if windows else 0.0},
+                    "windows": windows, "window_share": whole / windows if windows else 0.0, **layouts},
             "index": f"{split}.idx", "shards": [s.name for s in shards]}
     atomic_write_text(out / f"{split}.json", json.dumps(meta, indent=2))
     return meta

@@ -50,7 +50,7 @@ def test_fim_per_window_keeps_windows_whole(base, tmp_path):
             layouts["spm" if not prefix else "psm"] += 1
             text = tok.decode(prefix) + tok.decode(middle) + tok.decode(suffix)
             assert text in corpus  # prefix + middle + suffix is a stretch of a document, trimmed at its ends only
-    assert layouts["psm"] > 0 and layouts["spm"] > 0
+    assert layouts["psm"] > 0 and layouts["spm"] > 0 and {k: meta["fim"][k] for k in layouts} == layouts
     assert meta["fim"]["window_share"] > 0.7 and meta["docs"] == len(pq.read_table(run / "data" / "train"))
     assert read_meta(tokens, "validation")["fim"]["windows"] == 0
 
