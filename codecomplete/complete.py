@@ -5,19 +5,20 @@
 # %% ../nbs/06_complete.ipynb #f65ee11a
 from __future__ import annotations
 import argparse, functools, sys
+from dataclasses import dataclass
 from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
 from .config import ConfigError
-from .tokenizer import encode_texts
+from .tokenizer import FIM_TOKENS, encode_texts
 
 # %% auto #0
-__all__ = ['FIM_TOKENS', 'fim_ids', 'window_ids', 'prompt_ids', 'prompt_room', 'save_random_model', 'load_model',
-           'truncate_at_stop', 'generate', 'heal_prefix', 'healed', 'complete', 'split_at_cursor', 'run_complete',
-           'add_complete_parser', 'complete_main']
+__all__ = ['SENTINELS', 'fim_ids', 'window_ids', 'prompt_ids', 'prompt_room', 'save_random_model', 'weights_identity',
+           'load_model', 'heal_prefix', 'healed', 'Prompt', 'make_prompt', 'truncate_at_stop', 'generate', 'complete',
+           'split_at_cursor', 'run_complete', 'add_complete_parser', 'complete_main']
 
 # %% ../nbs/06_complete.ipynb #96b02d91
-FIM_TOKENS = ("<fim_prefix>", "<fim_suffix>", "<fim_middle>")
+SENTINELS = [FIM_TOKENS[k] for k in ("fim_prefix_token", "fim_suffix_token", "fim_middle_token")]
 
 def _encode(tokenizer, text: str) -> list[int]:
     "Token ids of `text` alone: no special tokens added, sentinel spellings inside it kept as plain text."
@@ -27,10 +28,10 @@ def _encode(tokenizer, text: str) -> list[int]:
 def fim_ids(tokenizer) -> list[int]:
     "Ids of `<fim_prefix>`, `<fim_suffix>`, `<fim_middle>`, or a clear error when the tokenizer has no FIM tokens."
     vocab = tokenizer.get_vocab()
-    missing = [t for t in FIM_TOKENS if t not in vocab]
+    missing = [t for t in SENTINELS if t not in vocab]
     if missing: raise ConfigError(f"this tokenizer has no {', '.join(missing)} tokens, so it cannot fill in the middle; "
                                   f"complete without a suffix, or use a model trained with FIM (codecomplete's pack stage)")
-    return [vocab[t] for t in FIM_TOKENS]
+    return [vocab[t] for t in SENTINELS]
 
 def window_ids(prefix: list[int], suffix: list[int], room: int) -> tuple[list[int], list[int]]:
     "The last ids of `prefix` and the first of `suffix`, `room` at most in all: the suffix gets a quarter, or what the prefix leaves."
@@ -39,7 +40,7 @@ def window_ids(prefix: list[int], suffix: list[int], room: int) -> tuple[list[in
     return prefix[len(prefix) - keep_prefix:], suffix[:keep_suffix]
 
 def prompt_ids(tokenizer, prefix: str, suffix: str | None = None, max_len: int | None = None) -> list[int]:
-    "The prompt's ids, `bos` prefix or `bos <fim_prefix> prefix <fim_suffix> suffix <fim_middle>`, windowed to `max_len` tokens."
+    "The prompt's layout, `bos` prefix or `bos <fim_prefix> prefix <fim_suffix> suffix <fim_middle>`, windowed to `max_len` tokens (`make_prompt` adds the healing)."
     start = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     sentinels = [] if suffix is None else fim_ids(tokenizer)
     before, after = _encode(tokenizer, prefix), _encode(tokenizer, suffix or "")
@@ -71,13 +72,15 @@ def save_random_model(model_dir, tokenizer_dir, preset: str = "tiny", seed: int 
     return Path(model_dir)
 
 # %% ../nbs/06_complete.ipynb #9a133375
+def weights_identity(model_dir) -> tuple:
+    "What identifies the model in `model_dir`: its resolved path and the name, size and modification time of its weight and config files."
+    path = Path(model_dir).resolve()
+    files = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".json")) if path.is_dir() else []
+    return (str(path), *((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files))
+
 @functools.lru_cache(maxsize=4)
-def load_model(model_dir: str, device: str | None = None):
-    "The `(model, tokenizer)` of a Hugging Face causal LM folder, ready for generation (cached per folder and device)."
+def _load(model_dir: str, device: str | None, identity: tuple):
     path = Path(model_dir)
-    if not (path / "config.json").exists():
-        raise ConfigError(f"{path} is not a model folder (no config.json); pass the folder the train stage wrote "
-                          f"(<run_dir>/train/model) or any Hugging Face causal LM folder")
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     try: torch.zeros(1, device=device)
     except (RuntimeError, AssertionError) as e: raise ConfigError(f"device {device!r} cannot be used here ({str(e).splitlines()[0]}); pass cpu or cuda") from None
@@ -87,53 +90,13 @@ def load_model(model_dir: str, device: str | None = None):
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
     return model, tokenizer
 
-# %% ../nbs/06_complete.ipynb #2c52c136
-class _StopOnText(StoppingCriteria):
-    "Per-row stop once the newly generated text contains a stop sequence."
-    def __init__(self, tokenizer, stop: list[str], prompt_len: int):
-        self.tokenizer, self.stop, self.prompt_len = tokenizer, stop, prompt_len
-        self.window = 2 + max(len(s.encode()) for s in stop)  # a stop of n bytes spans at most n tokens
-    def __call__(self, input_ids, scores, **kwargs):
-        tails = self.tokenizer.batch_decode(input_ids[:, self.prompt_len:][:, -self.window:])
-        return torch.tensor([any(s in t for s in self.stop) for t in tails], device=input_ids.device)
-
-def truncate_at_stop(text: str, stop) -> str:
-    "`text` up to the first occurrence of any stop sequence."
-    cut = min((i for i in (text.find(s) for s in stop or ()) if i >= 0), default=len(text))
-    return text[:cut]
-
-# %% ../nbs/06_complete.ipynb #f651e324
-@torch.no_grad()
-def generate(model, tokenizer, prompts: list[list[int]], max_new_tokens: int = 64, temperature: float = 0.0,
-             top_p: float = 1.0, stop=(), num_samples: int = 1, batch_size: int = 16, seed: int | None = None) -> list[list[str]]:
-    "Completions of prompt id lists: `num_samples` texts per prompt (greedy when `temperature` is 0), cut at `stop`."
-    if temperature < 0 or not 0 < top_p <= 1: raise ConfigError(f"temperature={temperature}, top_p={top_p}: need temperature >= 0 and 0 < top_p <= 1")
-    if max_new_tokens < 1: raise ConfigError(f"max_new_tokens={max_new_tokens}: ask for at least 1 token")
-    if temperature == 0 and num_samples > 1: raise ConfigError("num_samples > 1 with temperature 0 gives identical greedy samples; set temperature > 0")
-    if seed is not None: torch.manual_seed(seed)
-    stop = [s for s in stop or () if s]
-    vocab = tokenizer.get_vocab()
-    ends = [i for i in {tokenizer.eos_token_id, *(vocab.get(t) for t in (*FIM_TOKENS, "<fim_pad>"))} if i is not None]
-    pad, device = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id, model.device
-    limit = getattr(model.config, "max_position_embeddings", None)
-    out: list[list[str]] = []
-    for start in range(0, len(prompts), max(1, batch_size // num_samples)):
-        batch = prompts[start:start + max(1, batch_size // num_samples)]
-        width = max(map(len, batch))
-        if limit and width + max_new_tokens > limit:
-            raise ConfigError(f"a prompt of {width} tokens plus max_new_tokens={max_new_tokens} exceeds the model's {limit} positions; shorten the prompt or max_new_tokens")
-        ids = torch.tensor([[pad] * (width - len(p)) + p for p in batch], device=device)
-        mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in batch], device=device)
-        criteria = StoppingCriteriaList([_StopOnText(tokenizer, stop, width)]) if stop else None
-        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
-        gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, num_return_sequences=num_samples,
-                             eos_token_id=ends, pad_token_id=pad, stopping_criteria=criteria, top_k=None, **sampling)
-        texts = []
-        for row in gen[:, width:].tolist():
-            row = row[:next((i for i, t in enumerate(row) if t in ends), len(row))]
-            texts.append(truncate_at_stop(tokenizer.decode(row, skip_special_tokens=True), stop))
-        out += [texts[i:i + num_samples] for i in range(0, len(texts), num_samples)]
-    return out
+def load_model(model_dir: str, device: str | None = None):
+    "The `(model, tokenizer)` of a Hugging Face causal LM folder, ready for generation (cached per weights and device)."
+    path = Path(model_dir)
+    if not (path / "config.json").exists():
+        raise ConfigError(f"{path} is not a model folder (no config.json); pass the folder the train stage wrote "
+                          f"(<run_dir>/train/model) or any Hugging Face causal LM folder")
+    return _load(str(path), device, weights_identity(path))
 
 # %% ../nbs/06_complete.ipynb #fd31d74c
 def heal_prefix(prefix: str) -> tuple[str, str]:
@@ -145,16 +108,78 @@ def healed(text: str, whitespace: str) -> str:
     "A completion of the healed prompt, seen from after the original prefix: its share of `whitespace` dropped."
     return text[len(whitespace):] if text.startswith(whitespace) else text.lstrip(" \t")
 
+@dataclass(frozen=True)
+class Prompt:
+    "A prompt's token ids, and the prefix's trailing whitespace that the model is left to write back."
+    ids: list[int]
+    whitespace: str = ""
+
+    def completion(self, text: str) -> str:
+        "The generated `text` seen from after the caller's prefix: the whitespace written back dropped."
+        return healed(text, self.whitespace)
+
+def make_prompt(tokenizer, prefix: str, suffix: str | None = None, max_len: int | None = None) -> Prompt:
+    "The prompt of every generation path (complete, HumanEval, FIM eval, server): `prefix` healed of its trailing whitespace, laid out by `prompt_ids`."
+    body, whitespace = heal_prefix(prefix)
+    return Prompt(prompt_ids(tokenizer, body, suffix, max_len), whitespace)
+
+# %% ../nbs/06_complete.ipynb #2c52c136
+class _StopOnText(StoppingCriteria):
+    "Per-row stop once a row's completion (its prompt's healed whitespace dropped) contains a stop sequence."
+    def __init__(self, tokenizer, stop: list[str], prompts: list[Prompt], prompt_len: int, rows_per_prompt: int):
+        self.tokenizer, self.stop, self.prompt_len = tokenizer, stop, prompt_len
+        self.prompts = [p for p in prompts for _ in range(rows_per_prompt)]
+    def __call__(self, input_ids, scores, **kwargs):
+        texts = self.tokenizer.batch_decode(input_ids[:, self.prompt_len:], skip_special_tokens=True)
+        return torch.tensor([any(s in p.completion(t) for s in self.stop) for p, t in zip(self.prompts, texts)], device=input_ids.device)
+
+def truncate_at_stop(text: str, stop) -> str:
+    "`text` up to the first occurrence of any stop sequence."
+    cut = min((i for i in (text.find(s) for s in stop or ()) if i >= 0), default=len(text))
+    return text[:cut]
+
+# %% ../nbs/06_complete.ipynb #f651e324
+@torch.no_grad()
+def generate(model, tokenizer, prompts: list[Prompt], max_new_tokens: int = 64, temperature: float = 0.0,
+             top_p: float = 1.0, stop=(), num_samples: int = 1, batch_size: int = 16, seed: int | None = None) -> list[list[str]]:
+    "Completions of `make_prompt` prompts, batched across prompts: `num_samples` texts per prompt (greedy when `temperature` is 0), cut at `stop`."
+    if temperature < 0 or not 0 < top_p <= 1: raise ConfigError(f"temperature={temperature}, top_p={top_p}: need temperature >= 0 and 0 < top_p <= 1")
+    if max_new_tokens < 1: raise ConfigError(f"max_new_tokens={max_new_tokens}: ask for at least 1 token")
+    if temperature == 0 and num_samples > 1: raise ConfigError("num_samples > 1 with temperature 0 gives identical greedy samples; set temperature > 0")
+    if seed is not None: torch.manual_seed(seed)
+    stop = [s for s in stop or () if s]
+    vocab = tokenizer.get_vocab()
+    ends = [i for i in {tokenizer.eos_token_id, *(vocab.get(t) for t in FIM_TOKENS.values())} if i is not None]
+    pad, device = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id, model.device
+    limit = getattr(model.config, "max_position_embeddings", None)
+    out: list[list[str]] = []
+    per_call = max(1, batch_size // num_samples)
+    for start in range(0, len(prompts), per_call):
+        batch = prompts[start:start + per_call]
+        width = max(len(p.ids) for p in batch)
+        if limit and width + max_new_tokens > limit:
+            raise ConfigError(f"a prompt of {width} tokens plus max_new_tokens={max_new_tokens} exceeds the model's {limit} positions; shorten the prompt or max_new_tokens")
+        ids = torch.tensor([[pad] * (width - len(p.ids)) + p.ids for p in batch], device=device)
+        mask = torch.tensor([[0] * (width - len(p.ids)) + [1] * len(p.ids) for p in batch], device=device)
+        criteria = StoppingCriteriaList([_StopOnText(tokenizer, stop, batch, width, num_samples)]) if stop else None
+        sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
+        gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, num_return_sequences=num_samples,
+                             eos_token_id=ends, pad_token_id=pad, stopping_criteria=criteria, top_k=None, **sampling)
+        texts = []
+        for i, row in enumerate(gen[:, width:].tolist()):
+            row = row[:next((i for i, t in enumerate(row) if t in ends), len(row))]
+            texts.append(truncate_at_stop(batch[i // num_samples].completion(tokenizer.decode(row, skip_special_tokens=True)), stop))
+        out += [texts[i:i + num_samples] for i in range(0, len(texts), num_samples)]
+    return out
+
 # %% ../nbs/06_complete.ipynb #eef7d8d1
 def complete(prefix: str, suffix: str | None = None, model=None, tokenizer=None, max_new_tokens: int = 64,
              temperature: float = 0.0, top_p: float = 1.0, stop=(), num_samples: int = 1, seed: int | None = None):
     "Complete `prefix` (fill the middle before `suffix` when given) with `model` (a folder or a loaded model + tokenizer)."
     if model is None or isinstance(model, (str, Path)): model, tokenizer = load_model(str(model or "runs/default/train/model"))
     if tokenizer is None: raise ConfigError("pass the tokenizer with a loaded model, or pass a model folder as model=")
-    body, whitespace = heal_prefix(prefix)
-    prompt = prompt_ids(tokenizer, body, suffix, prompt_room(model, max_new_tokens))
+    prompt = make_prompt(tokenizer, prefix, suffix, prompt_room(model, max_new_tokens))
     texts = generate(model, tokenizer, [prompt], max_new_tokens, temperature, top_p, stop, num_samples, batch_size=num_samples, seed=seed)[0]
-    texts = [healed(t, whitespace) for t in texts]
     return texts[0] if num_samples == 1 else texts
 
 # %% ../nbs/06_complete.ipynb #befc3df5
