@@ -15,9 +15,10 @@ from .config import (ConfigError, StageConfig, atomic_write_text, begin_stage, f
                                  should_skip, stage_dir)
 from .complete import _encode, fim_ids, generate, load_model, make_prompt, prompt_room, weights_identity
 from .sandbox import Limits, check_completion, mean_pass_at_k
+from .train import bits_per_byte
 
 # %% auto #0
-__all__ = ['CODEX_STOP', 'EvaluateConfig', 'read_test_texts', 'bits_per_byte', 'fim_cases', 'fim_exact_match', 'samples_key',
+__all__ = ['CODEX_STOP', 'EvaluateConfig', 'read_test_texts', 'score_texts', 'fim_cases', 'fim_exact_match', 'samples_key',
            'merge_samples', 'shard', 'sample_record', 'humaneval_batches', 'run_humaneval', 'humaneval_summary',
            'run_fim', 'plot_results', 'card_section', 'update_model_card', 'write_card_section', 'evaluate']
 
@@ -55,8 +56,8 @@ class EvaluateConfig(StageConfig):
             if getattr(self, key) < 1: raise ConfigError(f"{key}={getattr(self, key)} must be at least 1")
         if self.timeout <= 0: raise ConfigError(f"timeout={self.timeout} must be positive seconds")
 
-    def resolved_model_dir(self) -> Path: return Path(self.model_dir) if self.model_dir else Path(self.run_dir) / "train" / "model"
-    def resolved_test_data(self) -> Path: return Path(self.test_data) if self.test_data else Path(self.run_dir) / "data" / "test"
+    def resolved_model_dir(self) -> Path: return Path(self.model_dir) if self.model_dir else stage_dir(self, "train") / "model"
+    def resolved_test_data(self) -> Path: return Path(self.test_data) if self.test_data else stage_dir(self, "curate") / "test"
 
 # %% ../nbs/07_evaluate.ipynb #95d9de13
 def read_test_texts(folder: Path, max_bytes: int) -> list[str]:
@@ -72,8 +73,8 @@ def read_test_texts(folder: Path, max_bytes: int) -> list[str]:
     return texts
 
 @torch.no_grad()
-def bits_per_byte(model, tokenizer, texts: list[str], context: int = 1024, batch_size: int = 8) -> dict:
-    "Bits per byte, perplexity per token and counts of `texts` under `model`."
+def score_texts(model, tokenizer, texts: list[str], context: int = 1024, batch_size: int = 8) -> dict:
+    "Bits per byte (the train stage's `bits_per_byte`), perplexity per token and counts of `texts` under `model`."
     eos = tokenizer.eos_token_id
     stream = [eos]
     for text in texts: stream += _encode(tokenizer, text) + [eos]
@@ -90,7 +91,7 @@ def bits_per_byte(model, tokenizer, texts: list[str], context: int = 1024, batch
         nll += F.cross_entropy(logits.transpose(1, 2), targets, ignore_index=-100, reduction="sum").item()
         predicted += int((targets != -100).sum())
     nbytes = sum(len(t.encode()) for t in texts)
-    return {"bits_per_byte": nll / math.log(2) / nbytes, "perplexity": math.exp(nll / predicted),
+    return {"bits_per_byte": bits_per_byte(nll / predicted, {"count": predicted, "bytes": nbytes}), "perplexity": math.exp(nll / predicted),
             "bits_per_token": nll / math.log(2) / predicted, "tokens": predicted, "bytes": nbytes, "documents": len(texts)}
 
 # %% ../nbs/07_evaluate.ipynb #b2c34be5
@@ -255,7 +256,7 @@ def update_model_card(model_dir: Path, section: str) -> Path:
 def write_card_section(cfg: EvaluateConfig, model_dir: Path, out: Path, results: dict) -> Path:
     "Update the run's own model card and its `evaluation.png`; a model from elsewhere is left untouched, its section put in `out`."
     section = out / "model_card_section.md"
-    if model_dir.resolve() == (Path(cfg.run_dir) / "train" / "model").resolve():
+    if model_dir.resolve() == (stage_dir(cfg, "train") / "model").resolve():
         section.unlink(missing_ok=True)
         shutil.copyfile(out / "summary.png", model_dir / "evaluation.png")
         return update_model_card(model_dir, card_section(results, "evaluation.png"))
@@ -281,7 +282,7 @@ def evaluate(cfg: EvaluateConfig) -> Path:
     state.wait_for_everyone()
     model, tokenizer = load_model(str(model_dir), cfg.device or None)
     results, t0 = {"model_dir": str(model_dir), "processes": state.num_processes}, time.time()
-    if texts and state.is_main_process: results["bpb"] = bits_per_byte(model, tokenizer, texts, cfg.context, max(1, cfg.batch_size // 2))
+    if texts and state.is_main_process: results["bpb"] = score_texts(model, tokenizer, texts, cfg.context, max(1, cfg.batch_size // 2))
     t1 = time.time()
     if cfg.num_problems:
         records = run_humaneval(cfg, model, tokenizer, out, samples_key(cfg, model_dir), state)
