@@ -11,11 +11,11 @@ import numpy as np
 import torch
 from .config import (ConfigError, StageConfig, setting, stage_dir, should_skip, begin_stage, finish_stage,
                                  atomic_write_text)
-from .tokenizer import SPECIAL_TOKENS, backend, encode_texts
+from .tokenizer import SPECIAL_TOKENS, backend, encode_texts, split_shards
 
 # %% auto #0
 __all__ = ['sample_run', 'load_run_tokenizer', 'special_ids', 'text_encoder', 'window_rng', 'fim_cut', 'fit_fim', 'assemble',
-           'PackConfig', 'fim_windows', 'fim_share', 'token_dtype', 'split_shards', 'pack_split', 'pack', 'read_meta',
+           'PackConfig', 'fim_windows', 'fim_share', 'token_dtype', 'curated_shards', 'pack_split', 'pack', 'read_meta',
            'open_tokens', 'doc_starts', 'TokenLoader']
 
 # %% ../nbs/04_pack.ipynb #34819c77
@@ -141,10 +141,11 @@ def token_dtype(vocab_size: int):
     "uint16 when every id fits in 16 bits, else uint32."
     return np.uint16 if vocab_size <= 2**16 else np.uint32
 
-def split_shards(cfg: PackConfig, split: str) -> list[Path]:
-    "The parquet shards of `split`, or a `ConfigError` saying which stage to run or how to fill the split."
-    folder = Path(cfg.run_dir) / "data" / split
-    if shards := sorted(folder.glob("*.parquet")): return shards
+def curated_shards(cfg: PackConfig, split: str) -> list[Path]:
+    "The parquet shards of `split` (by the tokenizer stage's `split_shards`), or a `ConfigError` saying which stage to run or how to fill the split."
+    folder = stage_dir(cfg, "curate") / split
+    try: return split_shards(folder)
+    except FileNotFoundError: pass
     if not folder.is_dir(): raise ConfigError(f"no curated {split!r} split in {folder}; run the curate stage first or drop {split!r} from splits")
     need = "the train stage needs it" if split in ("train", "validation") else f"drop {split!r} from splits"
     raise ConfigError(f"the curated {split!r} split in {folder} is empty; {need}, or rerun curate (force=True) with more sources "
@@ -198,7 +199,7 @@ def pack(cfg: PackConfig) -> Path:
     "The pack stage: tokenize every split of the run into memory-mapped token files under `<run_dir>/tokens/`."
     if should_skip(cfg, "pack"): return stage_dir(cfg, "pack")
     tok = load_run_tokenizer(cfg.run_dir)
-    shards = {split: split_shards(cfg, split) for split in cfg.splits}
+    shards = {split: curated_shards(cfg, split) for split in cfg.splits}
     out = begin_stage(cfg, "pack")
     summary = {split: pack_split(cfg, split, paths, tok, out) for split, paths in shards.items()}
     return finish_stage(cfg, "pack", {s: {k: m[k] for k in ("count", "docs", "bytes", "fim")} for s, m in summary.items()})
