@@ -8,7 +8,7 @@ import argparse, os, time
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
-from codecomplete.complete import generate
+from codecomplete.complete import Prompt, generate
 from codecomplete.model import PRESETS, build_model, model_config
 from codecomplete.tokenizer import SPECIAL_TOKENS
 
@@ -37,7 +37,7 @@ def main():
     model = build_model(config).to(device=args.device, dtype=dtype).eval()
     params = sum(p.numel() for p in model.parameters())
     model.generation_config.suppress_tokens = [tok.eos_token_id] + tok.convert_tokens_to_ids(SPECIAL_TOKENS[2:])  # always full length
-    prompt = torch.randint(len(SPECIAL_TOKENS), len(tok), (args.prompt_tokens,), generator=torch.Generator().manual_seed(0)).tolist()
+    prompt = Prompt(torch.randint(len(SPECIAL_TOKENS), len(tok), (args.prompt_tokens,), generator=torch.Generator().manual_seed(0)).tolist())
 
     def timed(batch):
         generate(model, tok, [prompt] * batch, max_new_tokens=args.new_tokens, batch_size=batch)  # warm-up

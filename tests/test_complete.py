@@ -2,7 +2,7 @@
 import argparse, subprocess, sys
 from pathlib import Path
 import pytest, torch
-from codecomplete.complete import complete, generate, load_model, prompt_ids, save_random_model, split_at_cursor
+from codecomplete.complete import complete, generate, load_model, make_prompt, prompt_ids, save_random_model, split_at_cursor
 from codecomplete.config import ConfigError
 from codecomplete.pack import sample_run
 
@@ -46,7 +46,7 @@ def test_fim_prompt_layout(model_dir):
 def test_batched_equals_unbatched_greedy(model_dir):
     model, tok = load_model(str(model_dir))
     prefixes = ["def f(x):\n", "import os\nclass A:\n    def run(self, path):\n        ", "#", "for i in range(10):\n    print("]
-    prompts = [prompt_ids(tok, p) for p in prefixes]
+    prompts = [make_prompt(tok, p) for p in prefixes]
     alone = [generate(model, tok, [p], max_new_tokens=12)[0][0] for p in prompts]
     together = [t[0] for t in generate(model, tok, prompts, max_new_tokens=12, batch_size=4)]
     assert together == alone

@@ -1,4 +1,4 @@
-"Pack stage: determinism, FIM layout, special-token spellings, bad inputs, loader disjointness."
+"Pack stage: determinism, FIM per window, special-token spellings, bad inputs, loader disjointness."
 import json, shutil
 import numpy as np, pyarrow as pa, pyarrow.parquet as pq, pytest, torch
 from codecomplete.config import ConfigError
@@ -24,40 +24,48 @@ def test_deterministic_and_seeded(base, tmp_path):
     assert (a / "validation.bin").read_bytes() == (c / "validation.bin").read_bytes()  # no FIM on held-out splits
     assert read_meta(a, "train")["dtype"] == "uint16"
 
-def test_fim_layout_reassembles_every_document(base, tmp_path):
+def fim_examples(window: list[int], sp: dict):
+    "The (prefix, middle, suffix) id lists of every FIM example in a packed window."
+    ends = [-1, *(i for i, t in enumerate(window) if t == sp["eot"]), len(window)]
+    for ids in (window[s + 1:e] for s, e in zip(ends, ends[1:])):
+        if sp["prefix"] not in ids: continue
+        body = ids[ids.index(sp["prefix"]) + 1:]
+        m = body.index(sp["middle"])
+        if body[0] == sp["suffix"]: yield [], body[m + 1:], body[1:m]  # SPM: the prefix is the start of what follows <fim_middle>
+        else: s = body.index(sp["suffix"]); yield body[:s], body[m + 1:], body[s + 1:m]
+
+def test_fim_per_window_keeps_windows_whole(base, tmp_path):
     run = fresh(base, tmp_path, "fim")
-    tokens = pack(PackConfig(run_dir=str(run), fim_rate=0.8))
+    tokens = pack(PackConfig(run_dir=str(run), seq_len=128, fim_rate=0.8))
     tok = load_run_tokenizer(run); sp = special_ids(tok)
-    texts = pq.read_table(run / "data" / "train").column("content").to_pylist()
-    ids, starts = np.asarray(open_tokens(tokens, "train")), doc_starts(tokens, "train")
-    ends = list(starts[1:]) + [len(ids)]
-    layouts = {"plain": 0, "psm": 0, "spm": 0}
-    for text, s, e in zip(texts, starts, ends):
-        doc = ids[s:e].tolist()
-        assert doc[-1] == sp["eot"] and sp["eot"] not in doc[:-1]
-        dec = lambda part: tok.decode(part)
-        if doc[0] != sp["prefix"]:
-            layouts["plain"] += 1; assert dec(doc[:-1]) == text; continue
-        body = doc[1:-1]
-        if body[0] == sp["suffix"]:  # SPM: <pre><suf> suffix <mid> prefix+middle
-            layouts["spm"] += 1
-            m = body.index(sp["middle"])
-            assert dec(body[m + 1:]) + dec(body[1:m]) == text
-        else:  # PSM: <pre> prefix <suf> suffix <mid> middle
-            layouts["psm"] += 1
-            si, mi = body.index(sp["suffix"]), body.index(sp["middle"])
-            assert dec(body[:si]) + dec(body[mi + 1:]) + dec(body[si + 1:mi]) == text
-    assert layouts["psm"] > 0 and layouts["spm"] > 0 and layouts["plain"] > 0
+    corpus = "\n".join(pq.read_table(run / "data" / "train").column("content").to_pylist())
     meta = read_meta(tokens, "train")
-    assert {k: meta["fim"][k] for k in layouts} == layouts and meta["docs"] == len(texts)
-    assert meta["bytes"] == sum(len(t.encode()) for t in texts)
+    ids = np.asarray(open_tokens(tokens, "train"))
+    assert len(ids) == meta["fim"]["windows"] * 128 + 1 and ids[-1] == sp["eot"]
+    layouts = {"psm": 0, "spm": 0}
+    for window in ids[:-1].reshape(-1, 128).tolist():
+        pads = [i for i, t in enumerate(window) if t == sp["pad"]]
+        assert pads == list(range(128 - len(pads), 128))  # padding only at the end of a window
+        for prefix, middle, suffix in fim_examples(window, sp):
+            layouts["spm" if not prefix else "psm"] += 1
+            text = tok.decode(prefix) + tok.decode(middle) + tok.decode(suffix)
+            assert text in corpus  # prefix + middle + suffix is a stretch of a document, trimmed at its ends only
+    assert layouts["psm"] > 0 and layouts["spm"] > 0 and {k: meta["fim"][k] for k in layouts} == layouts
+    assert meta["fim"]["window_share"] > 0.7 and meta["docs"] == len(pq.read_table(run / "data" / "train"))
+    assert read_meta(tokens, "validation")["fim"]["windows"] == 0
+
+@pytest.mark.parametrize("seq_len", [128, 256, 512, 1024, 2048, 4096])
+def test_share_of_windows_with_a_whole_fim_example(base, tmp_path, seq_len):
+    tokens = pack(PackConfig(run_dir=str(fresh(base, tmp_path, f"s{seq_len}")), splits=["train"], seq_len=seq_len))
+    fim = read_meta(tokens, "train")["fim"]
+    assert fim["windows"] >= 30 and fim["window_share"] >= 0.9 * fim["rate"], fim
 
 def test_spelled_special_tokens_stay_text(base, tmp_path):
     run = fresh(base, tmp_path, "spell")
     tokens = pack(PackConfig(run_dir=str(run), fim_rate=0.0))
     tok = load_run_tokenizer(run); sp = special_ids(tok)
     ids = np.asarray(open_tokens(tokens, "train"))
-    assert (ids == sp["eot"]).sum() == read_meta(tokens, "train")["docs"]
+    assert (ids == sp["eot"]).sum() == read_meta(tokens, "train")["docs"] + 1  # and the one that closes the last window
     assert (ids == sp["prefix"]).sum() == 0 and (ids == sp["middle"]).sum() == 0
 
 def test_bad_inputs(base, tmp_path):
