@@ -117,14 +117,16 @@ def _add_serve_parser(sub):
     p.add_argument("--max-queue", type=int, help="requests waiting for a batch before 503 + Retry-After (default 64)")
     p.add_argument("--time-limit", type=float, help="seconds per request, queueing included (default 30)")
     p.add_argument("--drain-seconds", type=float, help="after SIGTERM, seconds in-flight requests get to finish (default 10)")
+    p.add_argument("--threads", type=int, help="torch threads for generation (default 0 = torch's choice; 1 is fastest on a busy CPU)")
     p.set_defaults(func=_serve)
 
-_SERVE_KEYS = ("model", "host", "port", "api_key", "model_name", "device", "max_batch", "max_queue", "time_limit", "drain_seconds")
+_SERVE_KEYS = ("model", "host", "port", "api_key", "model_name", "device", "max_batch", "max_queue", "time_limit", "drain_seconds", "threads")
 
 def _serve(args) -> int:
     "`codecomplete serve`: run the server until SIGTERM (torch, transformers and FastAPI load only now)."
     from codecomplete.serve import ServeConfig, serve
-    serve(ServeConfig(**{k: getattr(args, k) for k in _SERVE_KEYS if getattr(args, k) is not None}))
+    try: serve(ServeConfig(**{k: getattr(args, k) for k in _SERVE_KEYS if getattr(args, k) is not None}))
+    except KeyboardInterrupt: pass  # Ctrl-C drained the server, as SIGTERM does
     return 0
 
 

@@ -40,12 +40,13 @@ class ServeConfig:
     time_limit: float = 30.0      # seconds a request may take, queueing included; then it ends with what it has
     drain_seconds: float = 10.0   # after SIGTERM, how long in-flight requests get to finish
     max_body_bytes: int = 4 << 20 # request bodies above this are answered 413
+    threads: int = 0              # torch threads for generation; 0 = torch's default (1 is fastest on a busy CPU)
 
     def __post_init__(self):
         if not (Path(self.model) / "config.json").is_file():
             raise ConfigError(f"--model {self.model} is not a model folder (no config.json); pass <run_dir>/train/model or any Hugging Face causal LM folder")
-        for name in ("port", "max_batch", "max_queue", "time_limit", "drain_seconds", "max_body_bytes"):
-            if getattr(self, name) < (0 if name == "port" else 1e-9) or name == "port" and self.port > 65535:
+        for name in ("port", "threads", "max_batch", "max_queue", "time_limit", "drain_seconds", "max_body_bytes"):
+            if getattr(self, name) < (0 if name in ("port", "threads") else 1e-9) or name == "port" and self.port > 65535:
                 raise ConfigError(f"{name}={getattr(self, name)} is out of range; pick a positive value" + (" up to 65535" if name == "port" else ""))
 
     @property
@@ -357,6 +358,7 @@ class _State:
     def load(self):
         "Load the model, generate once to warm it up, start the batcher (in a thread)."
         try:
+            if self.cfg.threads: torch.set_num_threads(self.cfg.threads)
             model, tokenizer = load_model(self.cfg.model, self.cfg.device)
             generate(model, tokenizer, [prompt_ids(tokenizer, "def")], max_new_tokens=2)
             self.model, self.tokenizer = model, tokenizer
