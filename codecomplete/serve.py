@@ -270,7 +270,7 @@ class Batcher:
         self.ends = {i for i in (tokenizer.eos_token_id, *(vocab.get(t) for t in (*FIM_TOKENS, "<fim_pad>"))) if i is not None}
         self.pending: deque[Job] = deque()
         self.running: set[Job] = set()
-        self.cond, self.stopped = threading.Condition(), False
+        self.cond, self.stopped, self.ready, self.error = threading.Condition(), False, threading.Event(), None
         self.thread = threading.Thread(target=self._loop, name="codecomplete-batcher", daemon=True)
         self.thread.start()
 
@@ -314,6 +314,10 @@ class Batcher:
             return batch
 
     def _loop(self):
+        if self.cfg.threads: torch.set_num_threads(self.cfg.threads)  # OpenMP's thread count belongs to the calling thread
+        try: generate(self.model, self.tokenizer, [prompt_ids(self.tokenizer, "def")], max_new_tokens=2)  # warm-up: the first call allocates
+        except Exception as e: self.error = e; return
+        self.ready.set()
         while (batch := self._take()) is not None:
             try: self._run(batch)
             finally:
@@ -356,18 +360,20 @@ class _State:
         self.draining = False
 
     def load(self):
-        "Load the model, generate once to warm it up, start the batcher (in a thread)."
+        "Load the model and start the batcher (in a thread); `ready` once the batcher has warmed up."
         try:
-            if self.cfg.threads: torch.set_num_threads(self.cfg.threads)
-            model, tokenizer = load_model(self.cfg.model, self.cfg.device)
-            generate(model, tokenizer, [prompt_ids(tokenizer, "def")], max_new_tokens=2)
-            self.model, self.tokenizer = model, tokenizer
-            self.batcher = Batcher(model, tokenizer, self.cfg, self.metrics)
+            self.model, self.tokenizer = load_model(self.cfg.model, self.cfg.device)
+            self.batcher = Batcher(self.model, self.tokenizer, self.cfg, self.metrics)
+            while not self.batcher.ready.wait(0.1) and self.batcher.thread.is_alive(): pass
+            if self.batcher.error: raise self.batcher.error
         except Exception as e: self.error = e
 
     def require_ready(self):
         if self.draining: self.metrics.rejected.inc(); raise Busy("the server is shutting down; retry on another instance")
-        if self.batcher is None: self.metrics.rejected.inc(); raise Busy("the model is still loading; retry in a few seconds")
+        if not self.ready: self.metrics.rejected.inc(); raise Busy("the model is still loading; retry in a few seconds")
+
+    @property
+    def ready(self) -> bool: return self.batcher is not None and self.batcher.ready.is_set()
 
     def check_key(self, request: Request):
         if not self.cfg.api_key: return
@@ -511,7 +517,7 @@ def _routes(app: FastAPI, state: _State):
 
     @app.get("/health")
     async def health():
-        status = "draining" if state.draining else "ok" if state.batcher else "error" if state.error else "loading"
+        status = "draining" if state.draining else "ok" if state.ready else "error" if state.error else "loading"
         return JSONResponse({"status": status}, status_code=200 if status == "ok" else 503)
 
     @app.get("/metrics")
@@ -554,9 +560,9 @@ def serve(cfg: ServeConfig):
     state = app.state.serve
     server = _Uvicorn(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", timeout_graceful_shutdown=cfg.drain_seconds), state)
     def announce():
-        while state.batcher is None and state.error is None and not server.should_exit: time.sleep(0.05)
+        while not state.ready and state.error is None and not server.should_exit: time.sleep(0.05)
         if state.error is not None: server.should_exit = True
-        elif state.batcher is not None:
+        elif state.ready:
             print(f"codecomplete serve: {cfg.name} ready on http://{cfg.host}:{cfg.port}/v1 (POST /v1/completions, /infill)", file=sys.stderr, flush=True)
     threading.Thread(target=announce, name="codecomplete-announce", daemon=True).start()
     server.run()
