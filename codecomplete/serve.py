@@ -284,13 +284,12 @@ class Batcher:
             self.pending.extend(jobs); self.metrics.waiting.set(len(self.pending)); self.cond.notify()
 
     def cancel(self, job: Job):
-        "Drop `job`: its client went away. A waiting job leaves the queue; a running one ends at the next token."
+        "Drop `job`: its client went away. A waiting job leaves the queue; a running one's rows end at the next token."
         with self.cond:
             if job.cancelled or job.resolved: return
             job.cancelled = True
             if job in self.pending: self.pending.remove(job)
-            self.running.discard(job)
-            self.metrics.waiting.set(len(self.pending)); self.metrics.running.set(len(self.running)); self.metrics.cancelled.inc()
+            self.metrics.waiting.set(len(self.pending)); self.metrics.cancelled.inc()
 
     def stop(self):
         "End the thread: waiting and running jobs are cancelled."
