@@ -4,8 +4,8 @@
 
 # %% ../nbs/10_cli.ipynb #14b87a2d
 from __future__ import annotations
-import argparse, re, sys
-from .complete import add_complete_parser
+import argparse, os, re, sys
+from pathlib import Path
 from .config import ConfigError, load_yaml_params, parse_params
 from .jobs import FLAG_KEYS, JOBS, JobFailed, PIPELINE, get_job, run_job, run_pipeline
 
@@ -61,8 +61,74 @@ def build_parser() -> argparse.ArgumentParser:
     cfg = sub.add_parser("config", help="list the parameters a job (or every pipeline job) accepts")
     cfg.add_argument("job", help=f"one of: {', '.join(JOBS)}, pipeline")
     cfg.set_defaults(func=_config)
-    add_complete_parser(sub)
+    _add_complete_parser(sub)
+    _add_serve_parser(sub)
     return parser
+
+# %% ../nbs/10_cli.ipynb #5e1c0a12
+def _add_complete_parser(sub):
+    "Register `codecomplete complete FILE --line N [--column C]`: print the model's completion at a cursor."
+    p = sub.add_parser("complete", help="print the model's completion at a cursor in a file",
+                       description="Print the completion at FILE:--line[:--column], using the text after the cursor as the FIM suffix.")
+    p.add_argument("file", help="source file, or - for stdin")
+    p.add_argument("--line", type=int, required=True, help="1-based line of the cursor")
+    p.add_argument("--column", type=int, default=None, help="1-based column of the cursor (default: end of the line)")
+    p.add_argument("--model", default="runs/default/train/model", help="model folder (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--stop", action="append", default=[], help="stop sequence (repeatable), e.g. --stop $'\\n\\n'")
+    p.add_argument("--no-suffix", action="store_true", help="ignore the text after the cursor (left-to-right completion)")
+    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+    p.set_defaults(func=_complete)
+
+def _read_source(file: str) -> str:
+    "The text of `file` (`-` for stdin), or a `ConfigError` naming the file and the fix."
+    if file == "-": return sys.stdin.read()
+    path = Path(file)
+    if not path.is_file(): raise ConfigError(f"{path} is not a file; pass the source file to complete, or - to read stdin")
+    try: return path.read_text()
+    except UnicodeDecodeError: raise ConfigError(f"{path} is not UTF-8 text; pass a source file") from None
+
+def _complete(args) -> int:
+    "`codecomplete complete`: print the completion at the cursor (torch loads only now)."
+    from codecomplete.complete import complete, load_model, split_at_cursor
+    prefix, suffix = split_at_cursor(_read_source(args.file), args.line, args.column)
+    if args.no_suffix or not suffix.strip(): suffix = None
+    model, tokenizer = load_model(args.model, args.device)
+    sys.stdout.write(complete(prefix, suffix, model, tokenizer, args.max_new_tokens, args.temperature, args.top_p, args.stop))
+    sys.stdout.flush()
+    return 0
+
+
+# %% ../nbs/10_cli.ipynb #5e1c0a13
+def _add_serve_parser(sub):
+    "Register `codecomplete serve --model DIR`: the completion server of `codecomplete.serve`."
+    p = sub.add_parser("serve", help="serve completions to editors over HTTP (OpenAI /v1/completions with FIM suffix, llama.cpp /infill)",
+                       description="Serve a model folder to editors; see README.md, 'Serve it'. Listens on 127.0.0.1 unless --host says otherwise.")
+    p.add_argument("--model", required=True, help="model folder: <run_dir>/train/model or any Hugging Face causal LM folder")
+    p.add_argument("--host", help="address to listen on (default 127.0.0.1; 0.0.0.0 = every interface)")
+    p.add_argument("--port", type=int, help="TCP port (default 8000)")
+    p.add_argument("--api-key", default=os.environ.get("CODECOMPLETE_API_KEY"),
+                   help="require Authorization: Bearer KEY on every route but /health (default: $CODECOMPLETE_API_KEY; unset = open)")
+    p.add_argument("--model-name", help="the model id clients send (default: the folder's name)")
+    p.add_argument("--device", help="cpu, cuda, ... (default: cuda when available, in bf16)")
+    p.add_argument("--max-batch", type=int, help="rows (requests x n) generated together (default 16)")
+    p.add_argument("--max-queue", type=int, help="requests waiting for a batch before 503 + Retry-After (default 64)")
+    p.add_argument("--time-limit", type=float, help="seconds per request, queueing included (default 30)")
+    p.add_argument("--drain-seconds", type=float, help="after SIGTERM, seconds in-flight requests get to finish (default 10)")
+    p.add_argument("--threads", type=int, help="torch threads for generation (default 0 = torch's choice; 1 is fastest on a busy CPU)")
+    p.set_defaults(func=_serve)
+
+_SERVE_KEYS = ("model", "host", "port", "api_key", "model_name", "device", "max_batch", "max_queue", "time_limit", "drain_seconds", "threads")
+
+def _serve(args) -> int:
+    "`codecomplete serve`: run the server until SIGTERM (torch, transformers and FastAPI load only now)."
+    from codecomplete.serve import ServeConfig, serve
+    try: serve(ServeConfig(**{k: getattr(args, k) for k in _SERVE_KEYS if getattr(args, k) is not None}))
+    except KeyboardInterrupt: pass  # Ctrl-C drained the server, as SIGTERM does
+    return 0
+
 
 # %% ../nbs/10_cli.ipynb #cd86d3d2
 def _error(e: Exception, status: int) -> int:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_complete.ipynb #f65ee11a
 from __future__ import annotations
-import argparse, functools, sys
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 import torch
@@ -15,7 +15,7 @@ from .tokenizer import FIM_TOKENS, encode_texts
 # %% auto #0
 __all__ = ['SENTINELS', 'fim_ids', 'window_ids', 'prompt_ids', 'prompt_room', 'save_random_model', 'weights_identity',
            'load_model', 'heal_prefix', 'healed', 'Prompt', 'make_prompt', 'truncate_at_stop', 'generate', 'complete',
-           'split_at_cursor', 'run_complete', 'add_complete_parser', 'complete_main']
+           'split_at_cursor']
 
 # %% ../nbs/06_complete.ipynb #96b02d91
 SENTINELS = [FIM_TOKENS[k] for k in ("fim_prefix_token", "fim_suffix_token", "fim_middle_token")]
@@ -141,8 +141,9 @@ def truncate_at_stop(text: str, stop) -> str:
 # %% ../nbs/06_complete.ipynb #f651e324
 @torch.no_grad()
 def generate(model, tokenizer, prompts: list[Prompt], max_new_tokens: int = 64, temperature: float = 0.0,
-             top_p: float = 1.0, stop=(), num_samples: int = 1, batch_size: int = 16, seed: int | None = None) -> list[list[str]]:
-    "Completions of `make_prompt` prompts, batched across prompts: `num_samples` texts per prompt (greedy when `temperature` is 0), cut at `stop`."
+             top_p: float = 1.0, stop=(), num_samples: int = 1, batch_size: int = 16, seed: int | None = None,
+             criteria=()) -> list[list[str]]:
+    "Completions of `make_prompt` prompts, batched across prompts: `num_samples` texts per prompt (greedy when `temperature` is 0), cut at `stop`; `criteria`: more per-row `StoppingCriteria`."
     if temperature < 0 or not 0 < top_p <= 1: raise ConfigError(f"temperature={temperature}, top_p={top_p}: need temperature >= 0 and 0 < top_p <= 1")
     if max_new_tokens < 1: raise ConfigError(f"max_new_tokens={max_new_tokens}: ask for at least 1 token")
     if temperature == 0 and num_samples > 1: raise ConfigError("num_samples > 1 with temperature 0 gives identical greedy samples; set temperature > 0")
@@ -161,10 +162,10 @@ def generate(model, tokenizer, prompts: list[Prompt], max_new_tokens: int = 64, 
             raise ConfigError(f"a prompt of {width} tokens plus max_new_tokens={max_new_tokens} exceeds the model's {limit} positions; shorten the prompt or max_new_tokens")
         ids = torch.tensor([[pad] * (width - len(p.ids)) + p.ids for p in batch], device=device)
         mask = torch.tensor([[0] * (width - len(p.ids)) + [1] * len(p.ids) for p in batch], device=device)
-        criteria = StoppingCriteriaList([_StopOnText(tokenizer, stop, batch, width, num_samples)]) if stop else None
+        stopping = StoppingCriteriaList(([_StopOnText(tokenizer, stop, batch, width, num_samples)] if stop else []) + list(criteria)) or None
         sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
         gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, num_return_sequences=num_samples,
-                             eos_token_id=ends, pad_token_id=pad, stopping_criteria=criteria, top_k=None, **sampling)
+                             eos_token_id=ends, pad_token_id=pad, stopping_criteria=stopping, top_k=None, **sampling)
         texts = []
         for i, row in enumerate(gen[:, width:].tolist()):
             row = row[:next((i for i, t in enumerate(row) if t in ends), len(row))]
@@ -192,47 +193,3 @@ def split_at_cursor(text: str, line: int, column: int | None = None) -> tuple[st
     if not 1 <= column <= len(body) + 1: raise ConfigError(f"--column {column} is outside line {line} ({len(body)} characters); pick 1..{len(body) + 1}")
     cut = sum(map(len, lines[:line - 1])) + column - 1
     return text[:cut], text[cut:]
-
-# %% ../nbs/06_complete.ipynb #0855dede
-def _add_arguments(p: argparse.ArgumentParser):
-    p.add_argument("file", help="source file, or - for stdin")
-    p.add_argument("--line", type=int, required=True, help="1-based line of the cursor")
-    p.add_argument("--column", type=int, default=None, help="1-based column of the cursor (default: end of the line)")
-    p.add_argument("--model", default="runs/default/train/model", help="model folder (default: %(default)s)")
-    p.add_argument("--max-new-tokens", type=int, default=64)
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--stop", action="append", default=[], help="stop sequence (repeatable), e.g. --stop $'\\n\\n'")
-    p.add_argument("--no-suffix", action="store_true", help="ignore the text after the cursor (left-to-right completion)")
-    p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
-    p.set_defaults(func=run_complete)
-
-def _read_source(file: str) -> str:
-    "The text of `file` (`-` for stdin), or a `ConfigError` naming the file and the fix."
-    if file == "-": return sys.stdin.read()
-    path = Path(file)
-    if not path.is_file(): raise ConfigError(f"{path} is not a file; pass the source file to complete, or - to read stdin")
-    try: return path.read_text()
-    except UnicodeDecodeError: raise ConfigError(f"{path} is not UTF-8 text; pass a source file") from None
-
-def run_complete(args) -> int:
-    "Print the completion at the cursor that `args` (parsed by `add_complete_parser`) describes."
-    text = _read_source(args.file)
-    prefix, suffix = split_at_cursor(text, args.line, args.column)
-    if args.no_suffix or not suffix.strip(): suffix = None
-    model, tokenizer = load_model(args.model, args.device)
-    sys.stdout.write(complete(prefix, suffix, model, tokenizer, args.max_new_tokens, args.temperature, args.top_p, args.stop))
-    sys.stdout.flush()
-    return 0
-
-def add_complete_parser(subparsers) -> argparse.ArgumentParser:
-    "Register `complete` on an argparse subparsers object (for the `codecomplete` console script)."
-    p = subparsers.add_parser("complete", help="print the model's completion at a cursor in a file",
-                              description="Print the completion at FILE:--line[:--column], using the text after the cursor as the FIM suffix.")
-    _add_arguments(p)
-    return p
-
-def complete_main(argv: list[str] | None = None) -> int:
-    "`codecomplete complete ...` as a standalone entry point; returns the exit status (2 for bad input)."
-    from codecomplete.cli import main
-    return main(["complete", *(sys.argv[1:] if argv is None else argv)])

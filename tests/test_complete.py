@@ -62,7 +62,7 @@ def test_sampling_is_seeded_and_bad_settings_are_clear(model_dir):
 
 
 def _cli(*args, stdin=None):
-    return subprocess.run([sys.executable, "-c", "import sys; from codecomplete.complete import complete_main; sys.exit(complete_main(sys.argv[1:]))", *args],
+    return subprocess.run([sys.executable, "-c", "import sys; from codecomplete.cli import main; sys.exit(main(['complete', *sys.argv[1:]]))", *args],
                           input=stdin, capture_output=True, text=True, timeout=120)
 
 
