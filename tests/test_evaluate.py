@@ -9,6 +9,12 @@ from codecomplete.pack import sample_run
 TINY = dict(bpb_max_bytes=3000, context=64, max_new_tokens=8, fim_max_cases=4, fim_max_new_tokens=4, timeout=5)
 
 
+def free_port() -> str:
+    "A free TCP port on 127.0.0.1, so launched process groups of parallel tests never share the default 29500."
+    import socket
+    with socket.socket() as s: s.bind(("127.0.0.1", 0)); return str(s.getsockname()[1])
+
+
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     run = tmp_path_factory.mktemp("run")
@@ -126,8 +132,8 @@ def test_two_processes_give_the_samples_of_one(run, tmp_path):
                     **{**TINY, "bpb_max_bytes": 0})
     one = ev.evaluate(ev.EvaluateConfig(run_dir=str(tmp_path / "one"), **settings))
     code = ("import sys; from accelerate import notebook_launcher; from codecomplete.evaluate import EvaluateConfig, evaluate; "
-            f"notebook_launcher(evaluate, (EvaluateConfig(run_dir=sys.argv[1], **{settings!r}),), num_processes=2)")
-    subprocess.run([sys.executable, "-c", code, str(tmp_path / "two")], env=ENV, check=True, capture_output=True, text=True, timeout=600)
+            f"notebook_launcher(evaluate, (EvaluateConfig(run_dir=sys.argv[1], **{settings!r}),), num_processes=2, use_port=sys.argv[2])")
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "two"), free_port()], env=ENV, check=True, capture_output=True, text=True, timeout=600)
     two = tmp_path / "two" / "eval"
     strip = lambda out: [{k: v for k, v in json.loads(l).items() if k != "duration"} for l in (out / "samples.jsonl").read_text().splitlines()]
     assert len(strip(one)) == 4 and strip(two) == strip(one) and not list(two.glob("samples.rank*"))

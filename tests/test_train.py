@@ -12,6 +12,11 @@ BASE = dict(preset="tiny", seq_len=32, micro_batch=4, batch_tokens=256, max_step
             log_every=1, eval_every=8, eval_batches=2, save_every=4, keep_checkpoints=2, tensorboard=False)
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
+def free_port() -> str:
+    "A free TCP port on 127.0.0.1, so launched process groups of parallel tests never share the default 29500."
+    import socket
+    with socket.socket() as s: s.bind(("127.0.0.1", 0)); return str(s.getsockname()[1])
+
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory):
     run = sample_run(tmp_path_factory.mktemp("train") / "packed", n_files=16, vocab_size=512)
@@ -99,8 +104,8 @@ def test_sigterm_saves_a_checkpoint(packed, tmp_path):
 def test_two_processes_equal_one(packed, straight, tmp_path):
     run = new_run(packed, tmp_path, "two")
     code = ("import sys; from accelerate import notebook_launcher; from codecomplete.train import TrainConfig, train; "
-            f"notebook_launcher(train, (TrainConfig(run_dir=sys.argv[1], **{BASE!r}),), num_processes=2)")
-    subprocess.run([sys.executable, "-c", code, str(run)], env=ENV, check=True, capture_output=True, text=True)
+            f"notebook_launcher(train, (TrainConfig(run_dir=sys.argv[1], **{BASE!r}),), num_processes=2, use_port=sys.argv[2])")
+    subprocess.run([sys.executable, "-c", code, str(run), free_port()], env=ENV, check=True, capture_output=True, text=True)
     assert json.loads((run / "train" / "stage_config.json").read_text())["config"]["batch_tokens"] == 256
     assert_same_weights(run, straight, atol=1e-5)
     for (s1, a), (s2, b) in zip(losses(run), losses(straight), strict=True): assert s1 == s2 and abs(a - b) < 1e-5
