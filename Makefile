@@ -12,10 +12,12 @@ PIPELINE_PARAMS ?= -p card_dir=data_cards -p vocab_size=8192 -p preset=tiny -p s
                    -p batch_tokens=2048 -p max_steps=1200 -p warmup_steps=50 -p lr=3e-3 -p eval_every=200 -p save_every=200 \
                    -p bpb_max_bytes=300000 -p max_new_tokens=128 -p fim_max_cases=200
 PARAMS ?=
+LAB_ARGS ?=
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)  # Jupyter refuses root (containers, CI) without it
 NB_WORKERS ?= 2
 PYTEST_WORKERS ?= 2
 
-.PHONY: pipeline test check-sync nbtest pytest bench clean-venv
+.PHONY: pipeline test check-sync nbtest pytest bench lab clean-venv
 
 $(STAMP): settings.ini setup.py constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -39,6 +41,10 @@ nbtest: $(STAMP)
 
 pytest: $(STAMP)
 	$(BIN)/pytest -n $(PYTEST_WORKERS) --durations=15 tests
+
+## Explore the notebooks: JupyterLab on nbs/, listening on loopback only, with this project's .venv as the python3 kernel.
+lab: $(STAMP)
+	PATH=$(BIN):$$PATH jupyter-lab --notebook-dir=nbs --ServerApp.ip=127.0.0.1 $(LAB_ROOT) $(LAB_ARGS)
 
 bench: $(STAMP)
 	for b in bench/*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

@@ -34,10 +34,10 @@ def _yaml(key: str, text: str, loader=yaml.SafeLoader):
     except yaml.YAMLError as e: raise ConfigError(f"{key}={text!r} is not valid YAML ({_yaml_problem(e)}); check its brackets and quotes") from None
 
 def load_yaml_params(path) -> dict:
-    "The `key: value` mapping of the YAML file `path`, or a `ConfigError` naming the file and the problem."
+    "The `key: value` mapping of the YAML file `path` with every value as text, or a `ConfigError` naming the file and the problem."
     path = Path(path)
     if not path.is_file(): raise ConfigError(f"config file {path} does not exist; pass a YAML file of key: value lines")
-    try: data = yaml.safe_load(path.read_text()) or {}
+    try: data = yaml.load(path.read_text(), Loader=yaml.BaseLoader) or {}  # text, typed by the field as -p values are
     except yaml.YAMLError as e: raise ConfigError(f"config file {path} is not valid YAML: {_yaml_problem(e)}") from None
     if not isinstance(data, dict): raise ConfigError(f"{path} must hold a mapping of key: value, not {type(data).__name__}")
     return data

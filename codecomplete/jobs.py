@@ -5,7 +5,7 @@
 # %% ../nbs/09_jobs.ipynb #59c56ee0
 from __future__ import annotations
 import importlib, json, os, signal, sys, threading, time
-import codecomplete
+import codecomplete, psutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,16 +98,18 @@ def _papermill():
     except ImportError: raise ImportError("running job notebooks needs papermill and ipykernel: pip install 'codecomplete[jobs]'") from None
     return papermill
 
-def _child_pids() -> list[int]:
-    "This process's children (a job's kernel among them); none where there is no /proc."
-    if not os.path.isdir("/proc"): return []
-    out = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            with open(f"/proc/{pid}/stat") as f: ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError): continue
-        if ppid == os.getpid(): out.append(int(pid))
-    return out
+@contextmanager
+def _quiet_kernel():
+    "papermill options for a kernel that prints only what the job says: IPC sockets, and no warning about widgets it cannot show."
+    from traitlets.config import Config
+    before = os.environ.get("PYTHONWARNINGS")
+    # the kernel inherits this: tqdm.auto warns that a notebook without ipywidgets gets text progress bars, which is what a job wants
+    os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [before, "ignore:IProgress not found:Warning"]))
+    # over IPC (a socket file only this user can open) the kernel's messages do not cross TCP, so it has no plain-text warning to give
+    try: yield {"config": Config({"KernelManager": {"transport": "ipc"}})}
+    finally:
+        if before is None: os.environ.pop("PYTHONWARNINGS")
+        else: os.environ["PYTHONWARNINGS"] = before
 
 @contextmanager
 def _stops_reach_the_kernel():
@@ -116,8 +118,8 @@ def _stops_reach_the_kernel():
     def forward(signum, frame):
         print(f"[job] {signal.Signals(signum).name}: asking the job to stop (a training saves a checkpoint first); send it again to stop at once",
               file=sys.stderr, flush=True)
-        for pid in _child_pids():
-            try: os.killpg(pid, signal.SIGINT)
+        for child in psutil.Process().children():  # the kernel, which leads a process group of its own
+            try: os.killpg(child.pid, signal.SIGINT)
             except (ProcessLookupError, PermissionError): pass
         signal.signal(signum, previous[signum])
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -141,9 +143,9 @@ def run_job(name: str, run: str, params: dict | None = None, force: bool = False
     print(f"[{name}] running {job.notebook} -> {out_nb}")
     start = time.time()
     try:
-        with _stops_reach_the_kernel(): pm.execute_notebook(str(jobs_dir() / job.notebook), str(out_nb), parameters=resolved, kernel_name="python3",
-                                                          cwd=os.getcwd(), progress_bar=not quiet, stdout_file=None if quiet else sys.stdout,
-                                                          stderr_file=None if quiet else sys.stderr)
+        with _stops_reach_the_kernel(), _quiet_kernel() as kernel:
+            pm.execute_notebook(str(jobs_dir() / job.notebook), str(out_nb), parameters=resolved, kernel_name="python3", cwd=os.getcwd(),
+                                progress_bar=not quiet, stdout_file=None if quiet else sys.stdout, stderr_file=None if quiet else sys.stderr, **kernel)
     except pm.PapermillExecutionError as e:
         if e.ename == "KeyboardInterrupt":
             raise JobFailed(f"job {name!r} was stopped in cell {e.exec_count}; finished stages and checkpoints are kept: rerun the same "

@@ -11,8 +11,9 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from .config import ConfigError
 
 # %% auto #0
-__all__ = ['PRESETS', 'VOCAB_MULTIPLE', 'SDPA_BACKENDS', 'check_preset', 'padded_vocab_size', 'model_config', 'build_model',
-           'attention_backend', 'check_attention', 'count_params', 'flops_per_token', 'preset_table']
+__all__ = ['PRESETS', 'VOCAB_MULTIPLE', 'SDPA_BACKENDS', 'dial_preset', 'check_preset', 'padded_vocab_size', 'model_config',
+           'build_model', 'attention_backend', 'check_attention', 'shape_params', 'training_flops_per_token',
+           'count_params', 'flops_per_token', 'preset_table']
 
 # %% ../nbs/03_model.ipynb #70a09303
 PRESETS = {
@@ -26,12 +27,21 @@ PRESETS = {
 }
 VOCAB_MULTIPLE = 64
 
+def dial_preset(k: int) -> dict:
+    "The model dimensions of size-dial step `k`: width 32k, depth k + 1, heads of 32 dimensions."
+    if k < 1: raise ConfigError(f"dial-{k}: the size dial starts at dial-1")
+    return dict(hidden_size=32 * k, num_hidden_layers=k + 1, num_attention_heads=k, num_key_value_heads=k,
+                intermediate_size=96 * k, max_position_embeddings=2048)
+
 def check_preset(name: str) -> dict:
-    "The dimensions of preset `name`, or a `ConfigError` listing the valid ones."
+    "The dimensions of preset `name` or of dial size `dial-<k>`, or a `ConfigError` listing the valid ones."
     if name in PRESETS: return PRESETS[name]
+    if name.startswith("dial-"):
+        if not name[5:].isdigit(): raise ConfigError(f"model {name!r}: a dial size is dial-<integer>, e.g. dial-3")
+        return dial_preset(int(name[5:]))
     close = difflib.get_close_matches(name, PRESETS, n=1)
     raise ConfigError(f"unknown model preset {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
-                      + f"; presets: {', '.join(PRESETS)}")
+                      + f"; presets: {', '.join(PRESETS)}, or a dial size dial-<k>")
 
 # %% ../nbs/03_model.ipynb #4741de59
 def padded_vocab_size(n: int, multiple: int = VOCAB_MULTIPLE) -> int:
@@ -87,16 +97,27 @@ def check_attention(config: LlamaConfig, name: str, device, dtype=torch.float32)
                       f"kernels that run here: {', '.join(working)}")
 
 # %% ../nbs/03_model.ipynb #1a373034
+def shape_params(layers: int, d_model: int, heads: int, kv_heads: int, ffn: int, vocab: int, head_dim: int | None = None,
+                 gated_mlp: bool = True, tied_embeddings: bool = False) -> dict:
+    "Total parameters, those of the input embedding, and those in matrix products, of a decoder of these dimensions."
+    hd = head_dim or d_model // heads
+    layer = 2 * d_model * heads * hd + 2 * d_model * kv_heads * hd + (3 if gated_mlp else 2) * d_model * ffn + 2 * d_model
+    embedding = vocab * d_model
+    total = layers * layer + embedding + d_model + (0 if tied_embeddings else embedding)
+    return {"total": total, "embedding": embedding, "matmul": total - (0 if tied_embeddings else embedding)}
+
+def training_flops_per_token(matmul_params: int, layers: int, seq_len: int, d_model: int) -> int:
+    "Training FLOPs per token: 6 per matmul parameter plus 12 * layers * seq_len * d_model for attention."
+    return 6 * matmul_params + 12 * layers * seq_len * d_model
+
 def count_params(config: LlamaConfig) -> dict:
-    "Total parameters, those of the input embedding, and those in matrix products (the rest)."
-    model = build_model(config, device="meta")
-    total = sum(p.numel() for p in model.parameters())
-    embedding = model.model.embed_tokens.weight.numel()
-    return {"total": total, "embedding": embedding, "matmul": total - embedding}
+    "`shape_params` of the Llama model `config` describes."
+    return shape_params(config.num_hidden_layers, config.hidden_size, config.num_attention_heads, config.num_key_value_heads,
+                        config.intermediate_size, config.vocab_size, getattr(config, "head_dim", None), True, config.tie_word_embeddings)
 
 def flops_per_token(config: LlamaConfig, seq_len: int) -> int:
-    "Training FLOPs per token: 6 per matmul parameter plus 12 * layers * seq_len * d_model for attention."
-    return 6 * count_params(config)["matmul"] + 12 * config.num_hidden_layers * seq_len * config.hidden_size
+    "`training_flops_per_token` of the Llama model `config` describes, at `seq_len`."
+    return training_flops_per_token(count_params(config)["matmul"], config.num_hidden_layers, seq_len, config.hidden_size)
 
 # %% ../nbs/03_model.ipynb #6f4d707f
 def preset_table(vocab_size: int = 32768, seq_len: int = 2048) -> list[dict]:

@@ -6,13 +6,13 @@
 from __future__ import annotations
 from dataclasses import dataclass, field
 from .config import ConfigError
-from .model import PRESETS, check_preset, padded_vocab_size
+from .model import check_preset, padded_vocab_size, shape_params, training_flops_per_token
 
 # %% auto #0
 __all__ = ['GiB', 'GPUS', 'CONTEXT_BYTES', 'FRAGMENTATION', 'REGIMES', 'MLP_INPUT', 'OUTSIDE_BLOCKS', 'HEAD_BYTES_PER_VOCAB',
-           'SETUPS', 'PlanError', 'ModelShape', 'GPU', 'get_gpu', 'needed_bytes', 'regime', 'mlp_activation_bytes',
-           'layer_activation_bytes', 'activation_bytes', 'memory_per_gpu', 'profiled_peak_bytes', 'cpu_training_peak',
-           'memory_check', 'max_micro_batch', 'Plan', 'plan']
+           'SETUPS', 'PlanError', 'ModelShape', 'GPU', 'get_gpu', 'gpu_of_device', 'needed_bytes', 'regime',
+           'mlp_activation_bytes', 'layer_activation_bytes', 'activation_bytes', 'memory_per_gpu',
+           'profiled_peak_bytes', 'cpu_training_peak', 'memory_check', 'max_micro_batch', 'Plan', 'plan']
 
 # %% ../nbs/08b_plan.ipynb #936cbd87
 class PlanError(ConfigError):
@@ -34,12 +34,13 @@ class ModelShape:
     gated_mlp: bool = True
     tied_embeddings: bool = False
     name: str = "custom"
+    head_dim: int | None = None  # None: d_model / heads
 
     def __post_init__(self):
         for key in ("layers", "d_model", "heads", "kv_heads", "ffn", "vocab", "seq"):
             if not isinstance(getattr(self, key), int) or getattr(self, key) < 1:
                 raise ConfigError(f"{key}={getattr(self, key)!r} must be a positive integer")
-        if self.d_model % self.heads: raise ConfigError(f"d_model={self.d_model} is not a multiple of heads={self.heads}")
+        if self.head_dim is None and self.d_model % self.heads: raise ConfigError(f"d_model={self.d_model} is not a multiple of heads={self.heads}")
         if self.heads % self.kv_heads: raise ConfigError(f"heads={self.heads} is not a multiple of kv_heads={self.kv_heads}")
 
     @classmethod
@@ -50,37 +51,42 @@ class ModelShape:
         if seq > d["max_position_embeddings"]:
             raise ConfigError(f"seq={seq} is longer than preset {preset!r} supports ({d['max_position_embeddings']} positions)")
         return cls(d["num_hidden_layers"], d["hidden_size"], d["num_attention_heads"], d["num_key_value_heads"],
-                   d["intermediate_size"], padded_vocab_size(vocab), seq, name=preset)
+                   d["intermediate_size"], padded_vocab_size(vocab), seq, name=preset, head_dim=d.get("head_dim"))
 
     @property
-    def kv_width(self) -> int: return self.kv_heads * self.d_model // self.heads
+    def kv_width(self) -> int: return self.kv_heads * (self.head_dim or self.d_model // self.heads)
+
+    def params(self, layers: int | None = None) -> dict:
+        "Total, input embedding and matmul parameters (`codecomplete.model.shape_params`), of `layers` blocks if given."
+        return shape_params(self.layers if layers is None else layers, self.d_model, self.heads, self.kv_heads, self.ffn, self.vocab,
+                            self.head_dim, self.gated_mlp, self.tied_embeddings)
 
     def layer_params(self) -> int:
         "Parameters of one block: q, k, v, o projections, the MLP matrices and two norm weights."
-        h = self.d_model
-        return 2 * h * h + 2 * h * self.kv_width + (3 if self.gated_mlp else 2) * h * self.ffn + 2 * h
-
-    def params(self) -> dict:
-        "Total, input embedding, and 'matmul' parameters: all but the untied input embedding, as `codecomplete.model` counts."
-        embedding = self.vocab * self.d_model
-        blocks = self.layers * self.layer_params()
-        total = blocks + embedding + self.d_model + (0 if self.tied_embeddings else embedding)
-        return {"total": total, "embedding": embedding, "matmul": total - (0 if self.tied_embeddings else embedding)}
+        return self.params(1)["total"] - self.params(0)["total"]
 
     def flops_per_token(self) -> int:
-        "Training FLOPs per token: 6 per matmul parameter plus 12 * layers * seq * d_model for attention."
-        return 6 * self.params()["matmul"] + 12 * self.layers * self.seq * self.d_model
+        "Training FLOPs per token at `seq` (`codecomplete.model.training_flops_per_token`)."
+        return training_flops_per_token(self.params()["matmul"], self.layers, self.seq, self.d_model)
 
 # %% ../nbs/08b_plan.ipynb #58e154be
 @dataclass(frozen=True)
 class GPU:
-    "A GPU type: dense bf16 peak FLOP/s and total memory in bytes."
+    "A GPU model: dense bf16 peak FLOP/s, total memory in bytes, and the names `torch.cuda.get_device_name` gives it."
     name: str
     peak_flops: float
     memory: int
+    device_names: tuple = ()
 
-GPUS = {g.name: g for g in [GPU("A100-40GB", 312e12, 40960 * 2**20), GPU("A100-80GB", 312e12, 81920 * 2**20),
-                            GPU("H100-80GB", 989e12, 81559 * 2**20), GPU("H200-141GB", 989e12, 143771 * 2**20)]}
+GPUS = {g.name: g for g in [
+    GPU("A100-40GB", 312e12, 40960 * 2**20, ("NVIDIA A100-SXM4-40GB", "NVIDIA A100-PCIE-40GB")),
+    GPU("A100-80GB", 312e12, 81920 * 2**20, ("NVIDIA A100-SXM4-80GB", "NVIDIA A100 80GB PCIe")),
+    GPU("H100-80GB", 989e12, 81559 * 2**20, ("NVIDIA H100 80GB HBM3",)),  # the SXM part
+    GPU("H100-PCIe", 756e12, 81559 * 2**20, ("NVIDIA H100 PCIe",)),
+    GPU("H200-141GB", 989e12, 143771 * 2**20, ("NVIDIA H200",)),
+    GPU("L40S", 362e12, 46068 * 2**20, ("NVIDIA L40S",)),
+    GPU("L40", 181e12, 46068 * 2**20, ("NVIDIA L40",)),
+    GPU("L4", 121e12, 23034 * 2**20, ("NVIDIA L4",))]}
 CONTEXT_BYTES = 1 * GiB
 FRAGMENTATION = 0.10
 
@@ -88,6 +94,10 @@ def get_gpu(name: str) -> GPU:
     "The `GPU` called `name`, or a `ConfigError` listing the known ones."
     if name not in GPUS: raise ConfigError(f"unknown GPU {name!r}; known: {', '.join(GPUS)}")
     return GPUS[name]
+
+def gpu_of_device(device_name: str) -> GPU | None:
+    "The `GPU` whose CUDA name is exactly `device_name`, or None for a card the table does not know."
+    return next((g for g in GPUS.values() if device_name in g.device_names), None)
 
 def needed_bytes(allocated: float) -> float:
     "Device memory a peak of `allocated` bytes (PyTorch's count) needs, with context and fragmentation."

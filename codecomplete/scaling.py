@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 from .config import (ConfigError, StageConfig, atomic_write_text, begin_stage, finish_stage,
                                  setting, should_skip, stage_dir)
-from .model import PRESETS, check_preset
+from .model import check_preset
 from .plan import ModelShape
 
 # %% auto #0
-__all__ = ['AXES', 'power_law', 'PowerLawFit', 'fit_power_law', 'dial_preset', 'resolve_model', 'LadderConfig', 'rung_plan',
-           'train_rung', 'fit_ladder', 'predict_rungs', 'plot_ladder', 'ladder']
+__all__ = ['AXES', 'power_law', 'PowerLawFit', 'fit_power_law', 'LadderConfig', 'rung_plan', 'train_rung', 'fit_ladder',
+           'predict_rungs', 'plot_ladder', 'ladder']
 
 # %% ../nbs/08_scaling.ipynb #3d20874c
 def power_law(x, a, b, c):
@@ -56,22 +56,6 @@ def fit_power_law(x, y) -> PowerLawFit:
     params, cov = curve_fit(power_law, x / x0, y, p0=p0, bounds=([0, 1e-4, 0], [np.inf, 5, y.min()]), maxfev=20000)
     return PowerLawFit(*map(float, params), float(x0), np.nan_to_num(cov, nan=0.0, posinf=1e6).tolist())
 
-# %% ../nbs/08_scaling.ipynb #a07e069a
-def dial_preset(k: int) -> dict:
-    "The model dimensions of size-dial step `k`: width 32k, depth k + 1, heads of 32 dimensions."
-    if k < 1: raise ConfigError(f"dial-{k}: the size dial starts at dial-1")
-    return dict(hidden_size=32 * k, num_hidden_layers=k + 1, num_attention_heads=k, num_key_value_heads=k,
-                intermediate_size=96 * k, max_position_embeddings=2048)
-
-def resolve_model(name: str) -> str:
-    "Check that `name` is a preset or `dial-<k>`, registering dial sizes as presets; returns the name."
-    if name.startswith("dial-"):
-        try: k = int(name[5:])
-        except ValueError: raise ConfigError(f"model {name!r}: a dial size is dial-<integer>, e.g. dial-3") from None
-        PRESETS.setdefault(name, dial_preset(k))
-    check_preset(name)
-    return name
-
 # %% ../nbs/08_scaling.ipynb #c5957f58
 @dataclass
 class LadderConfig(StageConfig):
@@ -91,7 +75,7 @@ class LadderConfig(StageConfig):
 
     def validate(self):
         if len(self.models) < 4: raise ConfigError(f"models={self.models}: a fit of L = a*C^-b + c needs at least 4 rungs")
-        for name in self.models + self.predict: resolve_model(name)
+        for name in self.models + self.predict: check_preset(name)
         if len(set(self.models)) < len(self.models): raise ConfigError(f"models={self.models} repeats a model")
         if self.tokens_per_param <= 0: raise ConfigError(f"tokens_per_param={self.tokens_per_param} must be positive")
         if not 0 <= self.warmup_fraction < 1: raise ConfigError(f"warmup_fraction={self.warmup_fraction} must be in [0, 1)")
@@ -100,7 +84,7 @@ class LadderConfig(StageConfig):
 # %% ../nbs/08_scaling.ipynb #fbdb0f49
 def rung_plan(cfg: LadderConfig, model: str, vocab: int) -> dict:
     "Parameters, steps, tokens and training FLOPs of rung `model`."
-    shape = ModelShape.from_preset(resolve_model(model), vocab, cfg.seq_len)
+    shape = ModelShape.from_preset(model, vocab, cfg.seq_len)
     params = shape.params()["matmul"]
     steps = max(cfg.min_steps, math.ceil(cfg.tokens_per_param * params / cfg.batch_tokens))
     tokens = steps * cfg.batch_tokens

@@ -14,13 +14,14 @@ from .config import (ConfigError, StageConfig, setting, stage_dir, should_skip, 
 from .model import (check_preset, model_config, build_model, count_params, flops_per_token, padded_vocab_size,
                                 attention_backend, check_attention)
 from .pack import TokenLoader, load_run_tokenizer, read_meta
+from .plan import gpu_of_device
 
 # %% auto #0
-__all__ = ['PEAK_TFLOPS', 'RELAY_S', 'STOP_SIGNALS', 'TrainConfig', 'ChunkedLinearCrossEntropy', 'lm_loss', 'lr_factor',
-           'MuonAdamW', 'make_optimizer', 'device_peak_flops', 'write_manifest', 'checkpoint_problem',
-           'newest_valid_checkpoint', 'save_checkpoint', 'RunLog', 'read_log', 'check_inputs', 'check_init_from',
-           'check_attention_kernel', 'checkpoint_identity', 'resume_or_start_over', 'StopSignal', 'evaluate_loss',
-           'bits_per_byte', 'train', 'launch', 'model_card', 'save_final_model', 'main']
+__all__ = ['RELAY_S', 'STOP_SIGNALS', 'TrainConfig', 'ChunkedLinearCrossEntropy', 'lm_loss', 'lr_factor', 'MuonAdamW',
+           'make_optimizer', 'device_peak_flops', 'write_manifest', 'checkpoint_problem', 'newest_valid_checkpoint',
+           'save_checkpoint', 'RunLog', 'read_log', 'check_inputs', 'check_init_from', 'check_attention_kernel',
+           'checkpoint_identity', 'resume_or_start_over', 'StopSignal', 'evaluate_loss', 'bits_per_byte', 'train',
+           'launch', 'model_card', 'save_final_model', 'main']
 
 # %% ../nbs/05_train.ipynb #b9bcf6ba
 @dataclass
@@ -166,14 +167,15 @@ def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     return MuonAdamW(torch.optim.Muon(hidden, lr=cfg.muon_lr or cfg.lr, weight_decay=cfg.weight_decay, adjust_lr_fn="match_rms_adamw"), adamw)
 
 # %% ../nbs/05_train.ipynb #97b6098b
-PEAK_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A10G": 70.0, "L4": 121.0}
-
 def device_peak_flops(cfg: TrainConfig) -> float | None:
-    "Dense bf16 FLOP/s of one device: `cfg.peak_tflops`, else the card's, else None (CPU, unknown cards)."
+    "Dense bf16 FLOP/s of one device: `cfg.peak_tflops`, else the card's in `codecomplete.plan.GPUS` (exact name), else None."
     if cfg.peak_tflops: return cfg.peak_tflops * 1e12
     if not torch.cuda.is_available(): return None
     name = torch.cuda.get_device_name()
-    return next((tf * 1e12 for card, tf in PEAK_TFLOPS.items() if card in name), None)
+    if (gpu := gpu_of_device(name)) is None:
+        warnings.warn(f"GPU {name!r} is not in codecomplete.plan.GPUS, so MFU is not reported; pass peak_tflops=<its dense bf16 TFLOP/s>")
+        return None
+    return gpu.peak_flops
 
 # %% ../nbs/05_train.ipynb #7536acd8
 def _sha256(path: Path) -> str:

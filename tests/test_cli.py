@@ -95,3 +95,15 @@ def test_a_failed_job_exits_1(capsys, tmp_path, fake_papermill):
     assert main(["run", "curate", "--run", "r", "--runs-root", str(tmp_path), "-p", "dataset_name=fail"]) == 1
     err = capsys.readouterr().err
     assert "job 'curate' failed in cell 3 with ValueError: boom" in err and "01_curate.ipynb" in err
+
+
+def test_config_yaml_values_are_read_by_the_field_type_like_p_values(tmp_path, fake_papermill):
+    "`seed: 0777` is 777 (not YAML 1.1's octal 511), `dataset_name: 1.10` stays the text, `license: no` stays `no`."
+    yml = tmp_path / "params.yaml"
+    yml.write_text("seed: 0777\ndataset_name: 1.10\nlicense: no\ncard_dir: ''\n")
+    assert main(["run", "curate", "--run", "y", "--runs-root", str(tmp_path), "--config", str(yml)]) == 0
+    assert main(["run", "curate", "--run", "p", "--runs-root", str(tmp_path),
+                 "-p", "seed=0777", "-p", "dataset_name=1.10", "-p", "license=no", "-p", "card_dir="]) == 0
+    from_yaml, from_p = fake_papermill
+    assert (from_yaml["seed"], from_yaml["dataset_name"], from_yaml["license"], from_yaml["card_dir"]) == (777, "1.10", "no", "")
+    assert {k: v for k, v in from_yaml.items() if k != "run_dir"} == {k: v for k, v in from_p.items() if k != "run_dir"}

@@ -28,7 +28,8 @@ def cli(*args, cwd, check=True):
 
 def test_run_skip_and_redo(tmp_path, corpus):
     args = ["run", "curate", "--run", "r1", "-p", f"sources=[{corpus}]", "-p", "card_dir", ""]
-    cli(*args, cwd=tmp_path)
+    first = cli(*args, cwd=tmp_path)
+    assert "IPKernelApp" not in first.stderr + first.stdout and "WARNING" not in first.stderr, first.stderr  # quiet: only the stage speaks
     run_dir = tmp_path / "runs" / "r1"
     executed = run_dir / "jobs" / "01_curate.ipynb"
     assert executed.exists() and (run_dir / "data" / "_COMPLETE.json").exists()
@@ -145,6 +146,7 @@ def test_sigterm_to_the_runner_reaches_the_training_which_checkpoints_then_resum
     proc.send_signal(signal.SIGTERM)  # to the runner alone, as a container runtime does: the kernel lives in a session of its own
     _, err = proc.communicate(timeout=180)
     assert proc.returncode == 1 and "was stopped" in err, err[-2000:]
+    assert "IPKernelApp" not in err and "IProgress" not in err, err[-2000:]  # the kernel's and tqdm's warnings stay out of a job's output
     saved = [int(p.name.split("-")[1]) for p in (run / "train" / "checkpoints").glob("step-*")]
     assert len(saved) == 1 and saved[0] >= 1  # only the stop can have saved it: save_every is a million
     resumed = cli(*args, "-p", "max_steps=100000", "-p", f"stop_at_step={saved[0] + 2}", cwd=tmp_path)  # the same config

@@ -30,7 +30,7 @@ def test_wheel_installs_and_imports_without_nbdev_or_jupyter(tmp_path):
     check = f"""
 import importlib, importlib.util
 for m in {modules!r}: importlib.import_module(m)
-for absent in ("nbdev", "jupyterlab", "notebook", "papermill"):
+for absent in ("nbdev", "jupyterlab", "notebook", "papermill", "datasets"):  # datasets: only a test uses it
     assert importlib.util.find_spec(absent) is None, absent + " should not be installed by the base wheel"
 from codecomplete.jobs import jobs_dir
 assert str(jobs_dir()).startswith({str(venv)!r}), jobs_dir()

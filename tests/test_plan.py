@@ -67,3 +67,26 @@ def test_fsdp_shards_the_states_ddp_replicates_them():
 def test_bad_inputs_fail_with_clear_errors(kwargs, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         plan(**kwargs)
+
+
+@pytest.mark.parametrize("device,peak", [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H100 PCIe", 756e12), ("NVIDIA H200", 989e12),
+                                         ("NVIDIA L40S", 362e12), ("NVIDIA L40", 181e12), ("NVIDIA L4", 121e12),
+                                         ("NVIDIA A100-SXM4-40GB", 312e12)])
+def test_train_reads_the_peak_of_exactly_the_card_it_runs_on(monkeypatch, device, peak):
+    "One table of cards (plan's), matched by the exact CUDA name: an L40 is not an L4, an H100 PCIe is not an H100 SXM."
+    import torch
+    from codecomplete.train import TrainConfig, device_peak_flops
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: device)
+    assert device_peak_flops(TrainConfig()) == peak
+
+
+@pytest.mark.parametrize("device", ["NVIDIA H100 NVL", "NVIDIA H200 NVL", "NVIDIA A10G", "NVIDIA GeForce RTX 4090"])
+def test_an_unknown_card_says_so_instead_of_guessing(monkeypatch, device):
+    import torch
+    from codecomplete.train import TrainConfig, device_peak_flops
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: device)
+    with pytest.warns(UserWarning, match=f"GPU '{device}' is not in codecomplete.plan.GPUS, so MFU is not reported; pass peak_tflops"):
+        assert device_peak_flops(TrainConfig()) is None
+    assert device_peak_flops(TrainConfig(peak_tflops=835)) == 835e12

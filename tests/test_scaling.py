@@ -60,9 +60,17 @@ def test_ladder_end_to_end_then_resumes_without_retraining(packed, one_thread, c
     for r in rungs + results["checks"]:
         assert (out / r["model"] / "train" / "_COMPLETE.json").exists() and (out / r["model"] / "train" / "model" / "config.json").exists()
     assert set(results["fits"]) == {"flops", "params", "tokens"}
-    [pred] = results["predictions"]
-    assert pred["model"] == "dial-5" and pred["low"] <= pred["val_bpb"] <= pred["high"]
-    assert results["checks"][0]["measured"] > 0 and (out / "fit.png").stat().st_size > 10_000
+    [pred], [check] = results["predictions"], results["checks"]
+    # The check rung is dial-5 trained for real with the ladder's recipe, and the fit of the four smaller rungs must have
+    # predicted what it measured. The fit's own 95% band covers only the fit's parameter uncertainty, which is narrower than
+    # how far four rungs of 4-88 steps can see, so the yardstick is the measurement: within 7.5% (measured here: 6.2% off,
+    # 3.52 predicted for 3.32; a prediction made at a quarter of dial-5's compute is 7.9% off), and closer to it than
+    # the largest rung is. Training is seeded and on one thread, so these figures repeat on one machine.
+    assert pred["model"] == check["model"] == "dial-5" and check["predicted"] == pred["val_bpb"]
+    error = abs(pred["val_bpb"] - check["measured"])
+    assert error <= 0.075 * check["measured"], (pred, check["measured"])
+    assert error < abs(rungs[-1]["val_bpb"] - check["measured"]), (rungs[-1], pred, check["measured"])
+    assert (out / "fit.png").stat().st_size > 10_000
     assert (out / "_COMPLETE.json").exists()
 
     # the finished ladder is skipped; with its marker gone, the rungs are skipped and the fit is redone identically
