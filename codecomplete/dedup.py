@@ -94,9 +94,10 @@ def lsh_params(threshold: float = 0.7, num_perm: int = 256) -> tuple[int, int]:
     return best
 
 # %% ../nbs/01a_dedup.ipynb #728c0875
-def band_keys(signatures: np.ndarray, band: int, rows: int) -> np.ndarray:
-    "One uint64 key per row for slots `band*rows` to `(band+1)*rows` of its signature: equal slots give equal keys."
-    block = np.asarray(signatures[:, band * rows:(band + 1) * rows], dtype=np.uint64)
+def band_keys(signatures: np.ndarray, band: int, rows: int, ids: np.ndarray | None = None) -> np.ndarray:
+    "One uint64 key per row (of `ids`, default all) for slots `band*rows` to `(band+1)*rows` of its signature: equal slots give equal keys."
+    block = np.asarray(signatures[:, band * rows:(band + 1) * rows], dtype=np.uint64)  # only this band's columns are read
+    if ids is not None: block = block[ids]
     key = np.full(len(block), 0x9E3779B97F4A7C15, dtype=np.uint64)
     with np.errstate(over="ignore"):
         for col in block.T: key = _splitmix64(key ^ col)
@@ -119,7 +120,7 @@ def band_edges(signatures: np.ndarray, bands, rows: int, threshold: float, ids: 
                chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
     "Verified pairs (i, j): rows of `ids` sharing a bucket in one of `bands` whose estimated Jaccard reaches `threshold`."
     ids = np.arange(len(signatures)) if ids is None else np.asarray(ids, dtype=np.int64)
-    codes = [i * len(signatures) + j for i, j in (bucket_pairs(band_keys(signatures[ids], b, rows), ids) for b in bands)]
+    codes = [i * len(signatures) + j for i, j in (bucket_pairs(band_keys(signatures, b, rows, ids), ids) for b in bands)]
     codes = np.unique(np.concatenate(codes)) if codes else np.zeros(0, dtype=np.int64)
     left, right = codes // len(signatures), codes % len(signatures)
     ok = np.zeros(len(codes), dtype=bool)
@@ -132,9 +133,9 @@ def cluster_duplicates(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarra
     "Boolean mask over 0..n-1: True for every member of a connected component of the edges but its smallest."
     graph = coo_matrix((np.ones(len(left), dtype=np.int8), (left, right)), shape=(n, n))
     _, labels = connected_components(graph, directed=False)
-    first = np.full(labels.max() + 1 if n else 0, n, dtype=np.int64)
-    np.minimum.at(first, labels, np.arange(n))
-    return first[labels] != np.arange(n)
+    duplicate = np.ones(n, dtype=bool)
+    duplicate[np.unique(labels, return_index=True)[1]] = False  # the first occurrence of a label is its smallest member
+    return duplicate
 
 def near_duplicates(signatures: np.ndarray, threshold: float = 0.7, bands: int = 25, rows: int = 10,
                     skip: np.ndarray | None = None) -> np.ndarray:

@@ -136,3 +136,17 @@ def test_killed_run_leaves_no_ray_process_and_a_rerun_finishes(local, local_ray,
     assert not (data / MARKER).exists() and not any((data / s).exists() for s in SPLITS)
     assert run(tmp_path / "run", corpus, engine="ray") == local  # the rerun (on the module's Ray) removes the stale folders and finishes
     assert not list(data.glob(".*")) and not Path(tempfile.gettempdir(), tag).exists()
+
+
+@needs_ray
+def test_job_command_of_ray_job_submit_joins_a_cluster(local, local_ray, corpus, tmp_path):
+    "The entrypoint `ray job submit ... -- codecomplete run curate ...` runs, run here directly against the module's Ray by its address."
+    address = local_ray.get_runtime_context().gcs_address
+    cli = [str(Path(sys.executable).parent / "codecomplete"), "run", "curate", "--run", "onray", "-p", "engine=ray", "-p", f"engine_address={address}",
+           "-p", f"sources={json.dumps(corpus)}", "-p", "group_by=file", "-p", "validation_fraction=0.2", "-p", "test_fraction=0.2"]
+    done = subprocess.run(cli, cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "RAY_ADDRESS": ""})
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = tmp_path / "runs/onray/data"
+    differ = ("dataset", "fingerprint")  # the dataset is named after the run folder
+    assert {k: v for k, v in json.loads((data / "stats.json").read_text()).items() if k not in differ} == {k: v for k, v in local[0].items() if k not in differ}
+    assert json.loads((data / "stage_config.json").read_text())["config"]["engine_address"] == address
