@@ -10,7 +10,7 @@
 
 Usage: python bench/curate.py [--sizes 1,4,8] [--engines local,ray] [--ray-workers 1,2] [--signatures 125000,250000,500000,1000000]
        [--skip-datasketch] [--workdir DIR]"""
-import argparse, json, os, shutil, subprocess, sys, sysconfig, tempfile, time
+import argparse, json, os, resource, shutil, subprocess, sys, sysconfig, tempfile, time
 from pathlib import Path
 
 import numpy as np
@@ -30,15 +30,17 @@ def tree_memory(root: psutil.Process) -> tuple[int, int]:
     return rss, pss
 
 
-def run_measured(code: str) -> tuple[float, int, int]:
-    "Run `code` in a fresh Python; returns (seconds, peak tree RSS, peak tree PSS), sampled every 0.2 s."
+def run_measured(code: str) -> tuple[float, float, int, int]:
+    "Run `code` in a fresh Python; returns (seconds, CPU seconds of the waited-for process tree, peak tree RSS, peak tree PSS), sampled every 0.2 s."
+    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     proc = psutil.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
     peak_rss = peak_pss = 0
     while proc.poll() is None:
         rss, pss = tree_memory(proc); peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss); time.sleep(0.2)
     if proc.returncode: raise SystemExit(f"benchmark step failed with exit code {proc.returncode}: {code[:200]}")
-    return time.perf_counter() - start, peak_rss, peak_pss
+    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.perf_counter() - start, cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime, peak_rss, peak_pss
 
 
 def supported_bytes(path: Path, skip=frozenset({"__pycache__", ".git"})) -> int:
@@ -59,9 +61,9 @@ def site_packages_sources(target_bytes: int) -> list[str]:
 
 def run_stage(label, run_dir, sources, mb, **kw):
     cfg = dict(run_dir=str(run_dir), sources=sources, force=True, **kw)
-    secs, rss, pss = run_measured(f"from codecomplete.curate import CurateConfig, curate; curate(CurateConfig.from_dict({cfg!r}))")
+    secs, cpu, rss, pss = run_measured(f"from codecomplete.curate import CurateConfig, curate; curate(CurateConfig.from_dict({cfg!r}))")
     stats = json.loads((Path(run_dir) / "data/stats.json").read_text())
-    print(f"{label}: {stats['seen']} files, {mb:.0f} MB of supported languages, {stats['kept']} kept in {secs:.1f}s (process start included): "
+    print(f"{label}: {stats['seen']} files, {mb:.0f} MB of supported languages, {stats['kept']} kept in {secs:.1f}s, {cpu:.1f} CPU-s (process start included): "
           f"{mb / secs:.2f} MB/s, peak memory PSS {pss / 2**20:.0f} MiB (RSS sum {rss / 2**20:.0f} MiB); removed exact "
           f"{stats['removed']['exact_duplicate']}, near {stats['removed']['near_duplicate']}; load {os.getloadavg()[0]:.1f}", flush=True)
     return stats
@@ -75,16 +77,17 @@ sigs = rng.integers(0, 2**32, (n, 256), dtype=np.uint32)
 planted = rng.choice(n // 2, n // 100, replace=False)
 sigs[n // 2 + np.arange(len(planted))] = sigs[planted]; sigs[n // 2 + np.arange(len(planted)), :40] = 7  # 84% of slots equal
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-start = time.perf_counter(); dup = near_duplicates(sigs, 0.7, 25, 10); secs = time.perf_counter() - start
-print(secs, int(dup.sum()), len(planted), before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+start, cpu = time.perf_counter(), time.process_time(); dup = near_duplicates(sigs, 0.7, 25, 10)
+secs, cpu = time.perf_counter() - start, time.process_time() - cpu
+print(secs, int(dup.sum()), len(planted), before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, cpu)
 """
 
 
 def synthetic(sizes):
     for n in sizes:
         out = subprocess.run([sys.executable, "-c", SYNTHETIC.format(n=n)], capture_output=True, text=True, check=True).stdout.split()
-        secs, found, planted, before, peak = float(out[0]), int(out[1]), int(out[2]), int(out[3]), int(out[4])
-        print(f"near dedup alone, {n} synthetic signatures ({n * 1024 / 2**20:.0f} MiB of signatures): {secs:.1f}s, "
+        secs, found, planted, before, peak, cpu = float(out[0]), int(out[1]), int(out[2]), int(out[3]), int(out[4]), float(out[5])
+        print(f"near dedup alone, {n} synthetic signatures ({n * 1024 / 2**20:.0f} MiB of signatures): {secs:.1f}s, {cpu:.1f} CPU-s, "
               f"{n / secs / 1e3:.0f}k signatures/s, found {found} of {planted} planted; peak RSS {peak / 2**10:.0f} MiB "
               f"({(peak - before) / 2**10:.0f} MiB above the signatures); load {os.getloadavg()[0]:.1f}", flush=True)
 
