@@ -75,7 +75,8 @@ from codecomplete.dedup import near_duplicates
 n = {n}; rng = np.random.default_rng(0)
 sigs = rng.integers(0, 2**32, (n, 256), dtype=np.uint32)
 planted = rng.choice(n // 2, n // 100, replace=False)
-sigs[n // 2 + np.arange(len(planted))] = sigs[planted]; sigs[n // 2 + np.arange(len(planted)), :40] = 7  # 84% of slots equal
+copies = n // 2 + np.arange(len(planted))
+sigs[copies] = sigs[planted]; sigs[copies, :40] = rng.integers(0, 2**32, (len(planted), 40), dtype=np.uint32)  # 84% of slots equal
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 start, cpu = time.perf_counter(), time.process_time(); dup = near_duplicates(sigs, 0.7, 25, 10)
 secs, cpu = time.perf_counter() - start, time.process_time() - cpu
