@@ -59,9 +59,10 @@ def local_ray(tmp_path_factory):
     "One local 2-CPU Ray for the module, its folder in the test's temporary directory (no dashboard, capped object store)."
     link = Path(tempfile.gettempdir(), f"cc-ray-test-{os.getpid()}"); link.unlink(missing_ok=True)
     link.symlink_to(tmp_path_factory.mktemp("ray"))
-    start_local_ray(ray, 2, link)
-    yield ray
-    ray.shutdown(); link.unlink(missing_ok=True)
+    try:
+        start_local_ray(ray, 2, link)
+        yield ray
+    finally: ray.shutdown(); link.unlink(missing_ok=True)
 
 
 @needs_ray
