@@ -10,6 +10,7 @@ statuses = ['Planning', 'Pre-Alpha', 'Alpha', 'Beta', 'Production/Stable', 'Matu
 requirements = shlex.split(cfg.get('requirements', ''))
 jobs_requirements = shlex.split(cfg.get('jobs_requirements', ''))
 dev_requirements = shlex.split(cfg.get('dev_requirements', ''))
+ray_requirements = shlex.split(cfg.get('ray_requirements', ''))
 lic = licenses[cfg['license']]
 setuptools.setup(
     name=cfg['lib_name'], version=cfg['version'], license=lic[0],
@@ -18,7 +19,7 @@ setuptools.setup(
     url=cfg['git_url'], packages=setuptools.find_packages(include=['codecomplete', 'codecomplete.*']) + ['codecomplete.job_notebooks'],
     package_dir={'codecomplete.job_notebooks': 'nbs/jobs'}, package_data={'codecomplete.job_notebooks': ['*.ipynb']},
     include_package_data=True, install_requires=requirements,
-    extras_require={'jobs': jobs_requirements, 'dev': jobs_requirements + dev_requirements},
+    extras_require={'jobs': jobs_requirements, 'ray': ray_requirements, 'dev': jobs_requirements + ray_requirements + dev_requirements},
     dependency_links=cfg.get('dep_links', '').split(), python_requires='>=' + cfg['min_python'],
     long_description=open('README.md', encoding='utf-8').read(), long_description_content_type='text/markdown',
     zip_safe=False, entry_points={'console_scripts': cfg.get('console_scripts', '').split(),

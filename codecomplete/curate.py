@@ -6,7 +6,7 @@
 from __future__ import annotations
 import hashlib, json, multiprocessing as mp, os, re, shutil, signal, stat, sys, threading, time
 from collections import Counter
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
@@ -22,7 +22,8 @@ from .sources import EXTENSIONS, LANGUAGES, SITE_PACKAGES, Source, iter_items, l
 
 # %% auto #0
 __all__ = ['DATA_LANGUAGES', 'SPLITS', 'REASONS', 'RECORD_SCHEMA', 'LINE_BINS', 'CurateConfig', 'quality_reason', 'examine',
-           'assign_splits', 'Spool', 'examine_all', 'ShardWriter', 'write_splits', 'EmptyDatasetError', 'curate']
+           'assign_splits', 'Spool', 'examine_all', 'ShardWriter', 'write_splits', 'EmptyDatasetError', 'split_codes',
+           'Examined', 'local_engine', 'curate']
 
 # %% ../nbs/01_curate.ipynb #c1a500d5
 DATA_LANGUAGES = {"json", "yaml"}
@@ -63,6 +64,8 @@ class CurateConfig(StageConfig):
     row_group_bytes: int = setting(16_000_000, "content bytes per parquet row group (bounds memory)")
     num_workers: int = setting(0, "worker processes (0 = all cores)", affects_output=False)
     group_by: str = setting("source", "unit of the split: 'source' (a repository, or a directory's top-level package) or 'file' (to hold out files of a single repository)")
+    engine: str = setting("local", "'local' (processes on this machine) or 'ray' (Ray Data: pip install 'codecomplete[ray]'); the same dataset either way", affects_output=False)
+    engine_address: str = setting("", "engine=ray: the Ray cluster to join (host:port, ray://host:port or 'auto'); '' = start a local Ray inside the run folder", affects_output=False)
     card_dir: str = setting("", "also copy the data card here (e.g. data_cards); '' = only inside the run", affects_output=False)
 
     def validate(self):
@@ -72,6 +75,8 @@ class CurateConfig(StageConfig):
         bad = [l for l in self.languages if l not in EXTENSIONS]
         if bad: raise ConfigError(f"languages: unknown {bad}; choose from {', '.join(LANGUAGES)}")
         if not self.languages: raise ConfigError("languages is empty; name at least one of " + ", ".join(LANGUAGES))
+        if self.engine not in ("local", "ray"): raise ConfigError(f"engine={self.engine!r}: use 'local' or 'ray'")
+        if self.engine_address and self.engine != "ray": raise ConfigError(f"engine_address={self.engine_address!r} needs engine=ray; set engine=ray or drop engine_address")
         if self.group_by not in ("source", "file"): raise ConfigError(f"group_by={self.group_by!r}: use 'source' or 'file'")
         if not 0 < self.validation_fraction < 1:
             raise ConfigError(f"validation_fraction={self.validation_fraction} must be in (0, 1): the train stage needs a validation split; "
@@ -309,21 +314,45 @@ def _remove_stale_spools(out: Path):
         pid = folder.name.removeprefix(".spool-")
         if pid.isdigit() and not psutil.pid_exists(int(pid)): shutil.rmtree(folder, ignore_errors=True)
 
-def _dedup_and_split(spool: Spool, signatures: np.ndarray, cfg: CurateConfig):
-    near = np.zeros(len(spool.sizes), dtype=bool)
-    if cfg.near_dedup and len(near):
-        bands, rows = lsh_params(cfg.near_dedup_threshold, cfg.num_perm)
-        near = near_duplicates(signatures, cfg.near_dedup_threshold, bands, rows, skip=np.array(spool.no_shingles))
-    keep = ~near
+def split_codes(kept, keep: np.ndarray, cfg: CurateConfig) -> tuple[np.ndarray, dict]:
+    "Split code (index into SPLITS) of each spooled file and the split of each group, from the bytes that `keep` keeps."
     group_bytes = Counter()
-    for g, size, k in zip(spool.groups, spool.sizes, keep):
+    for g, size, k in zip(kept.groups, kept.sizes, keep):
         if k: group_bytes[g] += size
     fractions = {"train": 1 - cfg.validation_fraction - cfg.test_fraction, "validation": cfg.validation_fraction, "test": cfg.test_fraction}
     split_of = assign_splits(dict(sorted(group_bytes.items())), fractions, cfg.seed)
-    codes = np.array([SPLITS.index(split_of.get(g, "train")) for g in spool.groups], dtype=np.int8)
-    return keep, codes, split_of
+    codes = np.array([SPLITS.index(split_of.get(g, "train")) for g in kept.groups], dtype=np.int8)
+    return codes, split_of
 
-def _stats(cfg, sources, counts, spool, keep, codes, split_of, hist) -> dict:
+@dataclass
+class Examined:
+    "What an engine hands the stage before writing: counts, per-file metadata of the spooled files (`groups`, `langs`, `licenses`, `sizes`, `pii`), the keep mask, splits and a writer of the split folders."
+    counts: dict
+    kept: object
+    keep: np.ndarray
+    codes: np.ndarray
+    split_of: dict
+    write: object  # write(folders: dict[split, Path]) -> line-length histogram of the kept files
+
+@contextmanager
+def local_engine(sources: list[Source], cfg: CurateConfig, out: Path):
+    "The multiprocessing engine: examine into a spool in `out`, near dedup, splits; the spool is removed on exit."
+    _remove_stale_spools(out)
+    spool_dir = out / f".spool-{os.getpid()}"
+    try:
+        spool = Spool(spool_dir, cfg.row_group_bytes, cfg.num_perm)
+        counts = examine_all(sources, cfg, spool)
+        signatures = spool.close()
+        keep = np.ones(len(spool.sizes), dtype=bool)
+        if cfg.near_dedup and len(keep):
+            bands, rows = lsh_params(cfg.near_dedup_threshold, cfg.num_perm)
+            keep = ~near_duplicates(signatures, cfg.near_dedup_threshold, bands, rows, skip=np.array(spool.no_shingles))
+        codes, split_of = split_codes(spool, keep, cfg)
+        yield Examined(counts, spool, keep, codes, split_of, lambda folders: write_splits(spool, keep, codes, folders, cfg))
+        del signatures
+    finally: shutil.rmtree(spool_dir, ignore_errors=True)
+
+def _stats(cfg, sources, counts, kept_meta, keep, codes, split_of, hist) -> dict:
     removed = {r: int(counts["removed"].get(r, 0)) for r in REASONS}
     removed["near_duplicate"] = int((~keep).sum())
     kept = int(keep.sum())
@@ -331,7 +360,7 @@ def _stats(cfg, sources, counts, spool, keep, codes, split_of, hist) -> dict:
         raise RuntimeError(f"accounting error: kept {kept} + removed {sum(removed.values())} != seen {counts['seen']}")
     langs, splits = {}, {s: {"files": 0, "bytes": 0, "groups": 0} for s in SPLITS}
     pii, licenses = np.zeros(len(PLACEHOLDERS), dtype=np.int64), Counter()
-    for lang, size, code, k, p, lic in zip(spool.langs, spool.sizes, codes, keep, spool.pii, spool.licenses):
+    for lang, size, code, k, p, lic in zip(kept_meta.langs, kept_meta.sizes, codes, keep, kept_meta.pii, kept_meta.licenses):
         if not k: continue
         licenses[lic or "unknown"] += 1
         entry = langs.setdefault(lang, {"files": 0, "bytes": 0}); entry["files"] += 1; entry["bytes"] += size
@@ -362,32 +391,28 @@ def curate(cfg: CurateConfig) -> Path:
     "Run the curate stage: sources -> `<run_dir>/data/{train,validation,test}/*.parquet`, `stats.json` and the data card."
     if should_skip(cfg, "curate"): return stage_dir(cfg, "curate")
     sources = resolve_sources(cfg)
+    if cfg.engine == "ray":
+        from codecomplete.engine import ray_engine
+        engine = ray_engine(cfg)  # ConfigError now, before the stage folder is touched, when Ray is missing or engine_address does not answer
+    else: engine = local_engine
     out = begin_stage(cfg, "curate")
-    _remove_stale_spools(out)
-    spool_dir = out / f".spool-{os.getpid()}"
     started = time.perf_counter()
-    try:
-        spool = Spool(spool_dir, cfg.row_group_bytes, cfg.num_perm)
-        counts = examine_all(sources, cfg, spool)
-        signatures = spool.close()
-        keep, codes, split_of = _dedup_and_split(spool, signatures, cfg)
-        if not keep.any():
-            stats = _stats(cfg, sources, counts, spool, keep, codes, split_of, np.zeros(LINE_BINS, dtype=np.int64))
+    with engine(sources, cfg, out) as ex:
+        if not ex.keep.any():
+            stats = _stats(cfg, sources, ex.counts, ex.kept, ex.keep, ex.codes, ex.split_of, np.zeros(LINE_BINS, dtype=np.int64))
             atomic_write_text(out / "stats.json", json.dumps(stats, indent=2))
             raise EmptyDatasetError(f"no file survived curation (seen {stats['seen']}, removed {({k: v for k, v in stats['removed'].items() if v})}); "
                                     f"check sources, languages and the filter settings ({out / 'stats.json'})")
         with ExitStack() as stack:
             folders = {s: stack.enter_context(atomic_dir(out / s)) for s in SPLITS}
-            hist = write_splits(spool, keep, codes, folders, cfg)
-        del signatures
-    finally: shutil.rmtree(spool_dir, ignore_errors=True)
-    stats = _stats(cfg, sources, counts, spool, keep, codes, split_of, hist)
+            hist = ex.write(folders)
+    stats = _stats(cfg, sources, ex.counts, ex.kept, ex.keep, ex.codes, ex.split_of, hist)
     atomic_write_text(out / "stats.json", json.dumps(stats, indent=2))
     card = write_card(stats, out / "card", Path(cfg.card_dir) if cfg.card_dir else None)
     elapsed = time.perf_counter() - started
     fill = "add sources" + ("" if cfg.group_by == "file" else ", or set group_by=file to hold out files rather than whole repositories")
     for split in (s for s in SPLITS if not stats["splits"][s]["files"] and getattr(cfg, f"{s}_fraction", 1)):
         need = ", and the train stage needs it" if split == "validation" else ""
-        print(f"curate: note: the {split} split is empty ({len(split_of)} groups for {len(SPLITS)} splits){need}; {fill}")
+        print(f"curate: note: the {split} split is empty ({len(ex.split_of)} groups for {len(SPLITS)} splits){need}; {fill}")
     print(f"curate: {stats['kept']}/{stats['seen']} files kept ({stats['kept_bytes'] / 1e6:.1f} MB) in {elapsed:.1f}s -> {out}; card {card}")
     return finish_stage(cfg, "curate", {"seen": stats["seen"], "kept": stats["kept"], "kept_bytes": stats["kept_bytes"], "seconds": round(elapsed, 2)})

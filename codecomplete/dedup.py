@@ -7,10 +7,13 @@ from __future__ import annotations
 import gzip, hashlib, json, re
 from pathlib import Path
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 # %% auto #0
 __all__ = ['TOKEN_SPLIT', 'normalize_ws', 'content_hash', 'tokenize', 'shingle_hashes', 'MinHasher', 'estimated_jaccard',
-           'lsh_params', 'UnionFind', 'near_duplicates', 'humaneval_path', 'Decontaminator']
+           'lsh_params', 'band_keys', 'bucket_pairs', 'band_edges', 'cluster_duplicates', 'near_duplicates',
+           'humaneval_path', 'Decontaminator']
 
 # %% ../nbs/01a_dedup.ipynb #3e9d8f53
 def normalize_ws(text: str) -> str:
@@ -91,33 +94,54 @@ def lsh_params(threshold: float = 0.7, num_perm: int = 256) -> tuple[int, int]:
     return best
 
 # %% ../nbs/01a_dedup.ipynb #728c0875
-class UnionFind:
-    "Disjoint sets over 0..n-1 whose root is always the smallest member."
-    def __init__(self, n: int): self.parent = np.arange(n, dtype=np.int64)
-    def find(self, i: int) -> int:
-        p = self.parent
-        while p[i] != i: p[i] = p[p[i]]; i = p[i]
-        return int(i)
-    def union(self, i: int, j: int):
-        ri, rj = self.find(i), self.find(j)
-        if ri != rj: self.parent[max(ri, rj)] = min(ri, rj)
+def band_keys(signatures: np.ndarray, band: int, rows: int, ids: np.ndarray | None = None) -> np.ndarray:
+    "One uint64 key per row (of `ids`, default all) for slots `band*rows` to `(band+1)*rows` of its signature: equal slots give equal keys."
+    block = np.asarray(signatures[:, band * rows:(band + 1) * rows], dtype=np.uint64)  # only this band's columns are read
+    if ids is not None: block = block[ids]
+    key = np.full(len(block), 0x9E3779B97F4A7C15, dtype=np.uint64)
+    with np.errstate(over="ignore"):
+        for col in block.T: key = _splitmix64(key ^ col)
+    return key
+
+def bucket_pairs(keys: np.ndarray, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    "Every pair (i, j), i < j, of `ids` with equal `keys`, vectorized: one numpy step per offset inside a bucket."
+    order = np.lexsort((ids, keys)); k, v = keys[order], ids[order]
+    starts = np.flatnonzero(np.r_[True, k[1:] != k[:-1]]) if len(k) else np.zeros(0, dtype=np.int64)
+    ends = np.repeat(np.r_[starts[1:], len(k)], np.diff(np.r_[starts, len(k)]))
+    left, right, offset = [], [], 1
+    at = np.flatnonzero(np.arange(len(k)) + 1 < ends)
+    while len(at):
+        left.append(v[at]); right.append(v[at + offset])
+        offset += 1; at = at[at + offset < ends[at]]
+    if not left: return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    return np.concatenate(left).astype(np.int64), np.concatenate(right).astype(np.int64)
+
+def band_edges(signatures: np.ndarray, bands, rows: int, threshold: float, ids: np.ndarray | None = None,
+               chunk: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    "Verified pairs (i, j): rows of `ids` sharing a bucket in one of `bands` whose estimated Jaccard reaches `threshold`."
+    ids = np.arange(len(signatures)) if ids is None else np.asarray(ids, dtype=np.int64)
+    codes = [i * len(signatures) + j for i, j in (bucket_pairs(band_keys(signatures, b, rows, ids), ids) for b in bands)]
+    codes = np.unique(np.concatenate(codes)) if codes else np.zeros(0, dtype=np.int64)
+    left, right = codes // len(signatures), codes % len(signatures)
+    ok = np.zeros(len(codes), dtype=bool)
+    for s in range(0, len(codes), chunk):
+        a, b = left[s:s + chunk], right[s:s + chunk]
+        ok[s:s + chunk] = (np.asarray(signatures[a]) == np.asarray(signatures[b])).mean(axis=1) >= threshold
+    return left[ok], right[ok]
+
+def cluster_duplicates(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    "Boolean mask over 0..n-1: True for every member of a connected component of the edges but its smallest."
+    graph = coo_matrix((np.ones(len(left), dtype=np.int8), (left, right)), shape=(n, n))
+    _, labels = connected_components(graph, directed=False)
+    duplicate = np.ones(n, dtype=bool)
+    duplicate[np.unique(labels, return_index=True)[1]] = False  # the first occurrence of a label is its smallest member
+    return duplicate
 
 def near_duplicates(signatures: np.ndarray, threshold: float = 0.7, bands: int = 25, rows: int = 10,
                     skip: np.ndarray | None = None) -> np.ndarray:
     "Boolean mask of rows that are near duplicates of an earlier row (all but the first of each cluster)."
-    n = len(signatures)
-    uf = UnionFind(n)
-    active = np.ones(n, dtype=bool) if skip is None else ~skip
-    idx = np.flatnonzero(active)
-    for band in range(bands):
-        keys = np.ascontiguousarray(signatures[idx, band * rows:(band + 1) * rows]).view(f"V{4 * rows}").ravel()
-        _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
-        for bucket in np.flatnonzero(counts > 1):
-            members = idx[inverse == bucket]
-            for pos in range(1, len(members)):
-                sims = (signatures[members[:pos]] == signatures[members[pos]]).mean(axis=1)
-                for other in members[:pos][sims >= threshold]: uf.union(int(other), int(members[pos]))
-    return np.array([uf.find(i) != i for i in range(n)], dtype=bool)
+    ids = np.arange(len(signatures)) if skip is None else np.flatnonzero(~skip)
+    return cluster_duplicates(len(signatures), *band_edges(signatures, range(bands), rows, threshold, ids))
 
 # %% ../nbs/01a_dedup.ipynb #df6a6362
 def humaneval_path() -> Path:

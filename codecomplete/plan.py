@@ -4,6 +4,7 @@
 
 # %% ../nbs/08b_plan.ipynb #aeafd62d
 from __future__ import annotations
+import math
 from dataclasses import dataclass, field
 from .config import ConfigError
 from .model import check_preset, padded_vocab_size, shape_params, training_flops_per_token
@@ -12,7 +13,8 @@ from .model import check_preset, padded_vocab_size, shape_params, training_flops
 __all__ = ['GiB', 'GPUS', 'CONTEXT_BYTES', 'FRAGMENTATION', 'REGIMES', 'MLP_INPUT', 'OUTSIDE_BLOCKS', 'HEAD_BYTES_PER_VOCAB',
            'SETUPS', 'PlanError', 'ModelShape', 'GPU', 'get_gpu', 'gpu_of_device', 'needed_bytes', 'regime',
            'mlp_activation_bytes', 'layer_activation_bytes', 'activation_bytes', 'memory_per_gpu',
-           'profiled_peak_bytes', 'cpu_training_peak', 'memory_check', 'max_micro_batch', 'Plan', 'plan']
+           'profiled_peak_bytes', 'cpu_training_peak', 'memory_check', 'max_micro_batch', 'Plan', 'plan', 'Network',
+           'cluster_step']
 
 # %% ../nbs/08b_plan.ipynb #936cbd87
 class PlanError(ConfigError):
@@ -337,3 +339,40 @@ def plan(model, tokens: float, gpu: str = "H100-80GB", n_gpus: int = 1, price_pe
     chosen = fitting[0]
     return Plan(shape, float(tokens), card, n_gpus, price_per_gpu_hour, mfu, precision, chosen["strategy"], chosen["checkpointing"],
                 micro_batch or chosen["max_micro_batch"], setups)
+
+# %% ../nbs/08b_plan.ipynb #24ef2041
+@dataclass(frozen=True)
+class Network:
+    "Links of a cluster: `intra` bytes/s per GPU inside a node (NCCL bus bandwidth), `inter_gbps` per node between nodes."
+    inter_gbps: float = 1600.0
+    gpus_per_node: int = 8
+    intra: float = 230e9  # A100 NVLink 3 (DGX A100 all-reduce bus bandwidth); H100 NVLink 4: about 450e9
+    efficiency: float = 0.8  # fraction of the line rate NCCL reaches between nodes
+    latency: float = 10e-6  # seconds per ring step between nodes
+    bucket_bytes: int = 25 * 2**20  # DDP's gradient bucket
+
+    def bandwidth(self, n_gpus: int) -> float:
+        "Bytes/s per GPU of a collective over `n_gpus`: NVLink within one node, else each GPU's share of its node's network."
+        if n_gpus <= self.gpus_per_node: return self.intra
+        return min(self.intra, self.inter_gbps * 1e9 / 8 * self.efficiency / self.gpus_per_node)
+
+def cluster_step(shape: ModelShape, gpu: GPU, n_gpus: int, micro_batch: int, accum: int = 1, strategy: str = "fsdp",
+                 network: Network = Network(), mfu: float = 0.45) -> dict:
+    "Compute, communication, exposed communication, step time and MFU of one optimizer step at `n_gpus` (`mfu`: one node's compute MFU)."
+    if strategy not in ("ddp", "fsdp"): raise ConfigError(f"strategy={strategy!r}: use ddp or fsdp")
+    if min(n_gpus, micro_batch, accum) < 1: raise ConfigError("n_gpus, micro_batch and accum must be at least 1")
+    p, frac, bw = shape.params()["total"], (n_gpus - 1) / n_gpus, network.bandwidth(n_gpus)
+    hop = network.latency if n_gpus > network.gpus_per_node else network.latency / 10
+    micro_s = micro_batch * shape.seq * shape.flops_per_token() / (gpu.peak_flops * mfu)
+    if strategy == "ddp":
+        comm = 2 * frac * 4 * p / bw + -(-4 * p // network.bucket_bytes) * 2 * (n_gpus - 1) * hop
+        window, exposed = 2 / 3 * micro_s, max(0.0, comm - 2 / 3 * micro_s)
+        hiding = math.ceil(comm / (2 / 3) * gpu.peak_flops * mfu / shape.flops_per_token())  # tokens per GPU in the last micro-batch
+    else:
+        comm = 3 * frac * 2 * p / bw + 3 * shape.layers * (n_gpus - 1) * hop  # per micro-batch
+        window, exposed = micro_s, accum * max(0.0, comm - micro_s)
+        hiding = math.ceil(comm * gpu.peak_flops * mfu / (shape.seq * shape.flops_per_token()))  # sequences per micro-batch
+    step = accum * micro_s + exposed
+    return {"gpus": n_gpus, "strategy": strategy, "compute_s": accum * micro_s, "comm_s": comm if strategy == "ddp" else accum * comm,
+            "exposed_s": exposed, "step_s": step, "mfu": mfu * accum * micro_s / step, "network_bound": comm > window,
+            "tokens_per_s": n_gpus * accum * micro_batch * shape.seq / step, "hiding_micro_batch": hiding}

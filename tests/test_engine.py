@@ -1,0 +1,153 @@
+"""engine=ray: the records, splits and accounting of engine=local on a local 2-CPU Ray; clear errors for a missing Ray and
+an unreachable cluster (before the stage folder is touched); a killed run leaves no Ray process and nothing that looks finished."""
+import json, os, signal, socket, subprocess, sys, tempfile, time
+from pathlib import Path
+
+import psutil
+import pyarrow.parquet as pq
+import pytest
+
+from codecomplete.config import MARKER, ConfigError
+from codecomplete.curate import SPLITS, CurateConfig, curate
+
+try:
+    import ray
+    from codecomplete.engine import start_local_ray
+except ImportError:
+    ray = None
+needs_ray = pytest.mark.skipif(ray is None, reason="RAY IS NOT INSTALLED, engine=ray IS NOT TESTED: pip install 'codecomplete[ray]' "
+                                                   "(the dev extra that `make test` installs includes it)")
+STDLIB = Path(os.__file__).parent
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> list[str]:
+    "Real files plus every kind of removal: an exact (whitespace) copy, a near copy, binary, long lines, undecodable, unsupported, a symlink, bad records."
+    root = tmp_path_factory.mktemp("corpus")
+    src = root / "src"; (src / "pkg").mkdir(parents=True)
+    for name in ("bisect.py", "colorsys.py", "glob.py", "fnmatch.py", "keyword.py", "shlex.py", "sched.py", "stat.py", "numbers.py", "heapq.py"):
+        (src / "pkg" / name).write_text((STDLIB / name).read_text())
+    text = (STDLIB / "shlex.py").read_text()
+    (src / "pkg/shlex_spaces.py").write_text(text.replace("\n", "  \n"))  # exact duplicate after whitespace normalization
+    (src / "pkg/shlex_edit.py").write_text(text.replace("posix", "posix_mode", 3).replace("instream", "stream_in"))  # near duplicate
+    (src / "pkg/blob.py").write_bytes(b"x = 1\0\1\2")
+    (src / "pkg/wide.py").write_text("x = '" + "a" * 1500 + "'\n")
+    (src / "pkg/latin.py").write_bytes("s = 'caf\xe9'\n".encode("latin-1"))
+    (src / "pkg/notes.txt").write_text("not code")
+    (src / "pkg/link.py").symlink_to(src / "pkg/glob.py")
+    records = root / "records.jsonl"
+    records.write_text("\n".join([json.dumps({"path": "r/a.py", "content": (STDLIB / "this.py").read_text(), "repo_name": "r"}),
+                                  "{not json", json.dumps({"path": "r/b.py", "content": "x = '\ud800'"}),
+                                  json.dumps({"path": "r/c.py", "content": (STDLIB / "bisect.py").read_text()})]) + "\n")
+    return [str(src), str(records)]
+
+
+def run(run_dir, sources, **kw):
+    out = curate(CurateConfig(run_dir=str(run_dir), sources=sources, group_by="file", validation_fraction=0.2, test_fraction=0.2, **kw))
+    records = {s: sorted(pq.read_table(out / s).to_pylist(), key=lambda r: (r["source"], r["path"])) if any((out / s).iterdir()) else []
+               for s in SPLITS}
+    return json.loads((out / "stats.json").read_text()), records
+
+
+@pytest.fixture(scope="module")
+def local(corpus, tmp_path_factory):
+    return run(tmp_path_factory.mktemp("local") / "run", corpus, num_workers=1)
+
+
+@pytest.fixture(scope="module")
+def local_ray(tmp_path_factory):
+    "One local 2-CPU Ray for the module, its folder in the test's temporary directory (no dashboard, capped object store)."
+    link = Path(tempfile.gettempdir(), f"cc-ray-test-{os.getpid()}"); link.unlink(missing_ok=True)
+    link.symlink_to(tmp_path_factory.mktemp("ray"))
+    try:
+        start_local_ray(ray, 2, link)
+        yield ray
+    finally: ray.shutdown(); link.unlink(missing_ok=True)
+
+
+@needs_ray
+def test_ray_gives_the_local_dataset(local, local_ray, corpus, tmp_path):
+    stats, records = local
+    removed = {k: v for k, v in stats["removed"].items() if v}
+    assert {"exact_duplicate", "near_duplicate", "binary", "max_line_length", "undecodable", "unsupported_language", "symlink", "malformed_record"} <= set(removed), removed
+    assert all(records[s] for s in SPLITS), "the corpus must fill every split for the comparison to mean something"
+    ray_stats, ray_records = run(tmp_path / "run", corpus, engine="ray")
+    assert ray_stats == stats
+    assert ray_records == records
+    assert not list((tmp_path / "run/data").glob(".*")), "no shard, Ray folder or temporary split folder is left in the run"
+
+
+def _free_port() -> int:
+    with socket.socket() as s: s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
+
+
+def _finished(tmp_path, corpus):
+    "A finished local curate in tmp_path/run; returns its completion marker's text."
+    run(tmp_path / "run", corpus[:1], num_workers=1, decontaminate=False)
+    return (tmp_path / "run/data" / MARKER).read_text()
+
+
+def test_ray_missing_is_a_config_error(tmp_path, corpus, monkeypatch):
+    marker = _finished(tmp_path, corpus)
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
+    with pytest.raises(ConfigError, match=r"pip install 'codecomplete\[ray\]'"):
+        curate(CurateConfig(run_dir=str(tmp_path / "run"), sources=corpus[:1], engine="ray", force=True))
+    assert (tmp_path / "run/data" / MARKER).read_text() == marker, "the finished dataset keeps its marker"
+
+
+@needs_ray
+def test_unreachable_engine_address_fails_fast(tmp_path, corpus):
+    marker = _finished(tmp_path, corpus)
+    started = time.monotonic()
+    with pytest.raises(ConfigError, match="no Ray cluster answers there"):
+        curate(CurateConfig(run_dir=str(tmp_path / "run"), sources=corpus[:1], engine="ray", engine_address=f"127.0.0.1:{_free_port()}", force=True))
+    assert time.monotonic() - started < 30
+    assert (tmp_path / "run/data" / MARKER).read_text() == marker
+    with pytest.raises(ConfigError, match="needs engine=ray"): CurateConfig(engine_address="10.0.0.1:6379")
+
+
+def _ray_processes(tag: str) -> list[psutil.Process]:
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(tag in part for part in p.info["cmdline"] or []): found.append(p)
+        except (psutil.NoSuchProcess, psutil.AccessDenied): pass
+    return found
+
+
+@needs_ray
+def test_killed_run_leaves_no_ray_process_and_a_rerun_finishes(local, local_ray, corpus, tmp_path):
+    "SIGKILL a curate that started its own local Ray: its Ray processes go, nothing looks finished, and a rerun gives the local dataset."
+    code = ("from codecomplete.curate import CurateConfig, curate; "
+            f"curate(CurateConfig(run_dir={str(tmp_path / 'run')!r}, sources={corpus!r}, group_by='file', validation_fraction=0.2, "
+            "test_fraction=0.2, engine='ray', num_workers=1))")
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    tag = f"cc-ray-{proc.pid}"
+    deadline = time.monotonic() + 180
+    while not any("raylet" in " ".join(p.cmdline()) for p in _ray_processes(tag)):
+        assert proc.poll() is None, f"curate ended before its Ray came up: {proc.stderr.read().decode()[-2000:]}"
+        assert time.monotonic() < deadline, "the local Ray did not come up in 180 s"
+        time.sleep(0.5)
+    assert (tmp_path / f"run/data/.ray-{proc.pid}").is_dir(), "Ray's folder lives inside the run folder"
+    proc.send_signal(signal.SIGKILL); proc.wait()
+    deadline = time.monotonic() + 60
+    while (left := _ray_processes(tag)) and time.monotonic() < deadline: time.sleep(1)
+    assert not left, f"Ray processes outlived the killed run: {[p.pid for p in left]}"
+    data = tmp_path / "run/data"
+    assert not (data / MARKER).exists() and not any((data / s).exists() for s in SPLITS)
+    assert run(tmp_path / "run", corpus, engine="ray") == local  # the rerun (on the module's Ray) removes the stale folders and finishes
+    assert not list(data.glob(".*")) and not Path(tempfile.gettempdir(), tag).exists()
+
+
+@needs_ray
+def test_job_command_of_ray_job_submit_joins_a_cluster(local, local_ray, corpus, tmp_path):
+    "The entrypoint `ray job submit ... -- codecomplete run curate ...` runs, run here directly against the module's Ray by its address."
+    address = local_ray.get_runtime_context().gcs_address
+    cli = [str(Path(sys.executable).parent / "codecomplete"), "run", "curate", "--run", "onray", "-p", "engine=ray", "-p", f"engine_address={address}",
+           "-p", f"sources={json.dumps(corpus)}", "-p", "group_by=file", "-p", "validation_fraction=0.2", "-p", "test_fraction=0.2"]
+    done = subprocess.run(cli, cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "RAY_ADDRESS": ""})
+    assert done.returncode == 0, done.stderr[-3000:]
+    data = tmp_path / "runs/onray/data"
+    differ = ("dataset", "fingerprint")  # the dataset is named after the run folder
+    assert {k: v for k, v in json.loads((data / "stats.json").read_text()).items() if k not in differ} == {k: v for k, v in local[0].items() if k not in differ}
+    assert json.loads((data / "stage_config.json").read_text())["config"]["engine_address"] == address
