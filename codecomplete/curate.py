@@ -368,7 +368,7 @@ def _stats(cfg, sources, counts, kept_meta, keep, codes, split_of, hist) -> dict
     for split in split_of.values(): splits[split]["groups"] += 1
     versions = {name: info["version"] for s in sources if s.packages for name, info in s.packages.items()}
     packages = {}
-    for pkg, lic, size, code, k in zip(spool.packages, spool.licenses, spool.sizes, codes, keep):
+    for pkg, lic, size, code, k in zip(kept_meta.packages, kept_meta.licenses, kept_meta.sizes, codes, keep):
         if not (k and pkg): continue
         entry = packages.setdefault(pkg, {"version": versions.get(pkg, ""), "license": lic, "files": 0, "bytes": 0, "splits": Counter()})
         entry["files"] += 1; entry["bytes"] += size; entry["splits"][SPLITS[code]] += 1
