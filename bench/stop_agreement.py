@@ -4,7 +4,7 @@ the ranks' own gloo group) between N local processes, median and 99th percentile
 Usage: python bench/stop_agreement.py [--processes 2] [--calls 2000]"""
 import argparse, os, socket, statistics, time
 import torch, torch.distributed as dist, torch.multiprocessing as mp
-from codecomplete.train import StopSignal
+from codecomplete.distributed import StopSignal
 
 
 def rank_main(rank: int, world: int, port: int, calls: int):

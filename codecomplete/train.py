@@ -4,7 +4,7 @@
 
 # %% ../nbs/05_train.ipynb #ab3fd103
 from __future__ import annotations
-import argparse, hashlib, json, math, os, shutil, signal, socket, sys, threading, time, warnings
+import argparse, hashlib, json, math, os, shutil, signal, socket, sys, time, warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,13 +15,13 @@ from .model import (check_preset, model_config, build_model, count_params, flops
                                 attention_backend, check_attention)
 from .pack import TokenLoader, load_run_tokenizer, read_meta
 from .plan import gpu_of_device
+from .distributed import StopSignal, forget_accelerator_state, is_sharded, make_accelerator
 
 # %% auto #0
-__all__ = ['RELAY_S', 'STOP_SIGNALS', 'TrainConfig', 'ChunkedLinearCrossEntropy', 'lm_loss', 'lr_factor', 'MuonAdamW',
-           'make_optimizer', 'device_peak_flops', 'write_manifest', 'checkpoint_problem', 'newest_valid_checkpoint',
-           'save_checkpoint', 'RunLog', 'read_log', 'check_inputs', 'check_init_from', 'check_attention_kernel',
-           'checkpoint_identity', 'resume_or_start_over', 'StopSignal', 'evaluate_loss', 'bits_per_byte', 'train',
-           'launch', 'model_card', 'save_final_model', 'main']
+__all__ = ['TrainConfig', 'ChunkedLinearCrossEntropy', 'lm_loss', 'lr_factor', 'MuonAdamW', 'make_optimizer', 'device_peak_flops',
+           'write_manifest', 'checkpoint_problem', 'newest_valid_checkpoint', 'save_checkpoint', 'RunLog', 'read_log',
+           'check_inputs', 'check_init_from', 'check_attention_kernel', 'checkpoint_identity', 'resume_or_start_over',
+           'evaluate_loss', 'bits_per_byte', 'train', 'launch', 'model_card', 'save_final_model', 'main']
 
 # %% ../nbs/05_train.ipynb #b9bcf6ba
 @dataclass
@@ -321,95 +321,15 @@ def resume_or_start_over(cfg: TrainConfig, identity: dict) -> str | None:
     print(f"train: starting over in {out}, because {reason}; the earlier train folder is now {previous} (delete it when you no longer need it)")
     return None
 
-# %% ../nbs/05_train.ipynb #7c886e8b
-def _forget_accelerator_state():
-    "Drop the Accelerate state that an earlier run left in this interpreter."
-    from accelerate.state import AcceleratorState, GradientState
-    AcceleratorState._reset_state(True); GradientState._reset_state()
-
-def _sharded(cfg: TrainConfig) -> bool:
-    "Whether this run shards the model: `distributed=fsdp` in a run of several processes."
-    return cfg.distributed == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) > 1
-
-def _fsdp_on_cpu(acc, plugin):
-    "Make a gloo (CPU) run FSDP, as Accelerate makes a GPU run given `plugin`."
-    from accelerate.state import AcceleratorState, PartialState
-    from accelerate.utils import DistributedType
-    if acc.mixed_precision != "no": plugin.set_mixed_precision(acc.mixed_precision)
-    for state in (PartialState(), AcceleratorState()): state.distributed_type = DistributedType.FSDP  # AcceleratorState copies PartialState's
-    AcceleratorState().fsdp_plugin = plugin
-
-def _make_accelerator(cfg: TrainConfig):
-    from accelerate import Accelerator
-    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
-    if "LOCAL_RANK" not in os.environ: _forget_accelerator_state()  # in-process: a fresh state for this run
-    cuda = torch.cuda.is_available()
-    precision = {"auto": "bf16" if cuda else "no", "bf16": "bf16", "fp32": "no"}[cfg.precision]
-    kw = {"dynamo_backend": "inductor"} if cfg.compile else {}
-    if _sharded(cfg):
-        kw["fsdp_plugin"] = FullyShardedDataParallelPlugin(fsdp_version=2, auto_wrap_policy="transformer_based_wrap",
-                                                           transformer_cls_names_to_wrap=["LlamaDecoderLayer"], state_dict_type="SHARDED_STATE_DICT",
-                                                           activation_checkpointing=cfg.activation_checkpointing)
-    acc = Accelerator(cpu=not cuda, mixed_precision=precision, step_scheduler_with_optimizer=False, **kw)
-    if _sharded(cfg) and acc.distributed_type == DistributedType.MULTI_CPU: _fsdp_on_cpu(acc, kw["fsdp_plugin"])
-    return acc
-
+# %% ../nbs/05_train.ipynb #7c886e8f
 def _build(cfg: TrainConfig, tok):
     from transformers import AutoModelForCausalLM
     torch.manual_seed(cfg.seed)
     if cfg.init_from: model = AutoModelForCausalLM.from_pretrained(cfg.init_from, attn_implementation="sdpa", dtype=torch.float32)
     else: model = build_model(model_config(cfg.preset, tok))
-    if cfg.activation_checkpointing and not _sharded(cfg):  # FSDP checkpoints activations per unit itself
+    if cfg.activation_checkpointing and not isis_sharded(cfg):  # FSDP checkpoints activations per unit itself
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
-
-
-# %% ../nbs/05_train.ipynb #5a1d0e04
-RELAY_S = 1.0  # seconds in which a repeated signal is a launcher relaying the first, not a second request
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-class StopSignal:
-    "SIGTERM/SIGINT as a stop that all `world` processes agree on at a step's end; a second signal exits at once."
-    def __init__(self, world: int):
-        self.signal, self.first_at, self.old, self.wake = None, 0.0, {}, None
-        self.group = torch.distributed.new_group(backend="gloo") if world > 1 else None  # a collective: every rank makes it
-        if threading.current_thread() is not threading.main_thread(): return  # only the main thread may handle signals
-        self.old = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
-        if world > 1:
-            self.wake = os.pipe(); os.set_blocking(self.wake[1], False)
-            self.old_fd = signal.set_wakeup_fd(self.wake[1])
-            self.watcher = threading.Thread(target=self._watch, daemon=True, name="stop-signal-watcher"); self.watcher.start()
-
-    def _is_second(self, signum: int) -> bool:
-        "Record the first signal; True for a later one (not for a copy within `RELAY_S` of the first)."
-        now = time.monotonic()
-        if self.signal is None:
-            self.signal, self.first_at = signum, now
-            print(f"{signal.Signals(signum).name}: stopping with a checkpoint after this step; send it again to exit at once", file=sys.stderr, flush=True)
-            return False
-        return now - self.first_at > RELAY_S
-
-    def _handle(self, signum, frame):
-        if self._is_second(signum): raise KeyboardInterrupt if signum == signal.SIGINT else SystemExit(128 + signum)
-
-    def _watch(self):
-        while (byte := os.read(self.wake[0], 1)) != b"\0":  # restore() writes the zero byte
-            if byte[0] in STOP_SIGNALS and self._is_second(byte[0]): os._exit(128 + byte[0])
-
-    def agreed(self) -> int | None:
-        "The signal any process has received (the highest number if several), the same on every process; None while none has."
-        if self.group is None: return self.signal
-        flag = torch.tensor(self.signal or 0)
-        torch.distributed.all_reduce(flag, torch.distributed.ReduceOp.MAX, group=self.group)
-        return int(flag) or None
-
-    def restore(self):
-        "Put back the handlers (and wake-up fd) that were there before."
-        for s, h in self.old.items():
-            if h is not None: signal.signal(s, h)
-        if self.wake:
-            signal.set_wakeup_fd(self.old_fd); os.write(self.wake[1], b"\0"); self.watcher.join()
-            for fd in self.wake: os.close(fd)
 
 
 # %% ../nbs/05_train.ipynb #44f739dc
@@ -434,7 +354,7 @@ def train(cfg: TrainConfig) -> Path:
     from tqdm.auto import tqdm
     from accelerate.utils import broadcast_object_list
     tok = load_run_tokenizer(cfg.run_dir)
-    acc = _make_accelerator(cfg)
+    acc = make_accelerator(cfg)
     world, rank, main = acc.num_processes, acc.process_index, acc.is_main_process
     plan, identity = check_inputs(cfg, world, tok), checkpoint_identity(cfg)
     check_attention_kernel(cfg, tok, acc)
@@ -520,7 +440,7 @@ def launch(cfg: TrainConfig) -> Path:
         raise ConfigError(f"num_processes={cfg.num_processes} forks processes, and this one has used the GPU already (a fork cannot share it); "
                           "restart the kernel and call launch before anything touches the GPU, or use accelerate launch")
     from accelerate import notebook_launcher
-    _forget_accelerator_state()
+    forget_accelerator_state()
     notebook_launcher(train, (cfg,), num_processes=cfg.num_processes, use_port=_free_port())
     return stage_dir(cfg, "train")
 

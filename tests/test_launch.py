@@ -8,7 +8,8 @@ import pytest, torch
 from safetensors.torch import load_file
 from torch.distributed.checkpoint import FileSystemReader
 from codecomplete.pack import PackConfig, pack, sample_run
-from codecomplete.train import RELAY_S, TrainConfig, train
+from codecomplete.distributed import RELAY_S
+from codecomplete.train import TrainConfig, train
 
 ACCELERATE = str(Path(sys.executable).parent / "accelerate")
 # log, eval and save only at the end: every step a signal can land on is a step that does no other collective
