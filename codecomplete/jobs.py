@@ -106,7 +106,8 @@ def _quiet_kernel():
     # the kernel inherits this: tqdm.auto warns that a notebook without ipywidgets gets text progress bars, which is what a job wants
     os.environ["PYTHONWARNINGS"] = ",".join(filter(None, [before, "ignore:IProgress not found:Warning"]))
     # over IPC (a socket file only this user can open) the kernel's messages do not cross TCP, so it has no plain-text warning to give
-    try: yield {"config": Config({"KernelManager": {"transport": "ipc"}})}
+    # jupyter_client interrupts a kernel before shutting it down; a kernel still busy then logs "KeyboardInterrupt caught"
+    try: yield {"config": Config({"KernelManager": {"transport": "ipc"}}), "extra_arguments": ["--IPKernelApp.log_level=CRITICAL"]}
     finally:
         if before is None: os.environ.pop("PYTHONWARNINGS")
         else: os.environ["PYTHONWARNINGS"] = before

@@ -270,6 +270,10 @@ def check_inputs(cfg: TrainConfig, world: int, tok) -> dict:
     if windows < cfg.micro_batch * world:
         raise ConfigError(f"validation split has {windows} windows of seq_len={cfg.seq_len}, fewer than micro_batch*processes="
                           f"{cfg.micro_batch * world}; lower micro_batch or seq_len, or curate more validation data")
+    fim = metas["train"].get("fim") or {}
+    if fim.get("rate") and fim.get("seq_len") not in (None, cfg.seq_len):
+        warnings.warn(f"the train tokens hold FIM examples per window of {fim['seq_len']} tokens, but seq_len={cfg.seq_len} cuts them, so fewer "
+                      f"than fim_rate of the windows are whole FIM examples; pack with seq_len={cfg.seq_len} (the pipeline passes it to both stages)")
     if cfg.init_from: check_init_from(Path(cfg.init_from), tok, cfg.seq_len)
     return {**metas, "accum": cfg.accum_steps(world)}
 

@@ -109,7 +109,7 @@ def test_train_job_with_two_processes_equals_one(tmp_path, monkeypatch):
     one, two = tmp_path / "runs" / "one", tmp_path / "runs" / "two"
     sample_run(one, n_files=16, vocab_size=512)
     shutil.copytree(one, two)
-    pack(PackConfig(run_dir=str(one)))
+    pack(PackConfig(run_dir=str(one), seq_len=settings["seq_len"]))  # the job packs at the train seq_len too
     train(TrainConfig(run_dir=str(one), **settings))
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     run_job("train", "two", {**settings, "num_processes": 2}, runs_root=tmp_path / "runs", quiet=True)

@@ -20,7 +20,7 @@ def free_port() -> str:
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory):
     run = sample_run(tmp_path_factory.mktemp("train") / "packed", n_files=16, vocab_size=512)
-    pack(PackConfig(run_dir=str(run)))
+    pack(PackConfig(run_dir=str(run), seq_len=BASE["seq_len"]))  # FIM per window of the windows it trains on
     return run
 
 def new_run(packed, root, name) -> Path:
