@@ -22,8 +22,8 @@ from .sources import EXTENSIONS, LANGUAGES, SITE_PACKAGES, Source, iter_items, l
 
 # %% auto #0
 __all__ = ['DATA_LANGUAGES', 'SPLITS', 'REASONS', 'RECORD_SCHEMA', 'LINE_BINS', 'CurateConfig', 'quality_reason', 'examine',
-           'assign_splits', 'Spool', 'examine_all', 'ShardWriter', 'write_splits', 'EmptyDatasetError', 'split_codes',
-           'Examined', 'local_engine', 'curate']
+           'assign_splits', 'Spool', 'examine_all', 'ShardWriter', 'write_splits', 'EmptyDatasetError', 'stale_folders',
+           'split_codes', 'Examined', 'local_engine', 'curate']
 
 # %% ../nbs/01_curate.ipynb #c1a500d5
 DATA_LANGUAGES = {"json", "yaml"}
@@ -308,11 +308,14 @@ def write_splits(spool: Spool, keep: np.ndarray, split_codes: np.ndarray, folder
 class EmptyDatasetError(RuntimeError):
     "No input file survived curation."
 
+def stale_folders(out: Path, *prefixes: str) -> list[tuple[Path, int]]:
+    "The `<prefix><pid>` working folders in `out` of curate processes that were killed (they no longer run), with their pids."
+    found = [(f, f.name.removeprefix(p)) for p in prefixes for f in out.glob(f"{p}*")]
+    return [(f, int(pid)) for f, pid in found if pid.isdigit() and not psutil.pid_exists(int(pid))]
+
 def _remove_stale_spools(out: Path):
-    "Delete the `.spool-<pid>` folders in `out` of curate processes that were killed (they no longer run)."
-    for folder in out.glob(".spool-*"):
-        pid = folder.name.removeprefix(".spool-")
-        if pid.isdigit() and not psutil.pid_exists(int(pid)): shutil.rmtree(folder, ignore_errors=True)
+    "Delete the `.spool-<pid>` folders in `out` of curate processes that were killed."
+    for folder, _ in stale_folders(out, ".spool-"): shutil.rmtree(folder, ignore_errors=True)
 
 def split_codes(kept, keep: np.ndarray, cfg: CurateConfig) -> tuple[np.ndarray, dict]:
     "Split code (index into SPLITS) of each spooled file and the split of each group, from the bytes that `keep` keeps."

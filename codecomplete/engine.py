@@ -13,9 +13,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa, pyarrow.compute as pc, pyarrow.parquet as pq
 from .config import ConfigError
-import psutil
 from .curate import (LINE_BINS, RECORD_SCHEMA, SPLITS, CurateConfig, Examined, _WORKER, _init_worker, _utf8,
-                     examine, split_codes)
+                     examine, split_codes, stale_folders)
 from .sources import Item, Source, iter_items
 from .dedup import band_edges, cluster_duplicates, lsh_params
 from .pii import PLACEHOLDERS
@@ -47,10 +46,8 @@ def check_address(address: str, timeout: float = 5.0):
 # %% ../nbs/01d_engine.ipynb #996fe4b8
 def _remove_stale(out: Path):
     "Remove the Ray folders in `out` and their links whose curate process no longer runs."
-    for folder in [*out.glob(".ray-*"), *out.glob(".items-*")]:
-        pid = folder.name.split("-", 1)[1]
-        if pid.isdigit() and not psutil.pid_exists(int(pid)):
-            Path(tempfile.gettempdir(), f"cc-ray-{pid}").unlink(missing_ok=True); shutil.rmtree(folder, ignore_errors=True)
+    for folder, pid in stale_folders(out, ".ray-", ".items-"):
+        Path(tempfile.gettempdir(), f"cc-ray-{pid}").unlink(missing_ok=True); shutil.rmtree(folder, ignore_errors=True)
 
 def start_local_ray(ray, num_cpus: int, temp_dir: Path):
     "Start a local Ray with `num_cpus` CPUs, no dashboard, a capped object store and its sockets and logs under `temp_dir`."
