@@ -8,14 +8,14 @@ import functools
 from dataclasses import dataclass
 from pathlib import Path
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, StoppingCriteria, StoppingCriteriaList
+from transformers import AutoModelForCausalLM, AutoTokenizer, LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from .config import ConfigError
 from .tokenizer import FIM_TOKENS, encode_texts
 
 # %% auto #0
 __all__ = ['SENTINELS', 'fim_ids', 'window_ids', 'prompt_ids', 'prompt_room', 'save_random_model', 'weights_identity',
-           'load_model', 'heal_prefix', 'healed', 'Prompt', 'make_prompt', 'truncate_at_stop', 'generate', 'complete',
-           'split_at_cursor']
+           'load_model', 'heal_prefix', 'healed', 'Prompt', 'make_prompt', 'token_texts', 'HealWhitespace',
+           'truncate_at_stop', 'generate', 'complete', 'split_at_cursor']
 
 # %% ../nbs/06_complete.ipynb #96b02d91
 SENTINELS = [FIM_TOKENS[k] for k in ("fim_prefix_token", "fim_suffix_token", "fim_middle_token")]
@@ -106,6 +106,7 @@ def heal_prefix(prefix: str) -> tuple[str, str]:
 
 def healed(text: str, whitespace: str) -> str:
     "A completion of the healed prompt, seen from after the original prefix: its share of `whitespace` dropped."
+    if whitespace.startswith(text): return ""  # nothing past the whitespace yet
     return text[len(whitespace):] if text.startswith(whitespace) else text.lstrip(" \t")
 
 @dataclass(frozen=True)
@@ -122,6 +123,36 @@ def make_prompt(tokenizer, prefix: str, suffix: str | None = None, max_len: int 
     "The prompt of every generation path (complete, HumanEval, FIM eval, server): `prefix` healed of its trailing whitespace, laid out by `prompt_ids`."
     body, whitespace = heal_prefix(prefix)
     return Prompt(prompt_ids(tokenizer, body, suffix, max_len), whitespace)
+
+# %% ../nbs/06_complete.ipynb #c1e0a7d3
+@functools.lru_cache(maxsize=4)
+def token_texts(tokenizer) -> tuple[list[str], frozenset]:
+    "The text of every token id of `tokenizer`, and the ids of its special tokens (cached per tokenizer)."
+    return tokenizer.batch_decode([[i] for i in range(len(tokenizer))]), frozenset(tokenizer.all_special_ids)
+
+class HealWhitespace(LogitsProcessor):
+    "Per row, allow only tokens that continue the prompt's healed whitespace until the row has written it back."
+    def __init__(self, tokenizer, whitespaces: list[str], prompt_len: int):
+        self.tokenizer, self.whitespaces, self.prompt_len = tokenizer, whitespaces, prompt_len
+        self.pending = {r for r, w in enumerate(whitespaces) if w}
+        self.masks: dict[str, torch.Tensor] = {}
+
+    def allowed(self, need: str, width: int) -> torch.Tensor:
+        "Mask over `width` logits of the tokens that write `need` or its beginning (cached per `need`)."
+        if need not in self.masks:
+            texts, special = token_texts(self.tokenizer)
+            ok = [i not in special and t != "" and (t.startswith(need) or need.startswith(t)) for i, t in enumerate(texts)]
+            self.masks[need] = torch.tensor(ok + [False] * (width - len(ok)))
+        return self.masks[need]
+
+    def __call__(self, input_ids, scores):
+        for r in list(self.pending):
+            done = self.tokenizer.decode(input_ids[r, self.prompt_len:], skip_special_tokens=True)
+            need = self.whitespaces[r][len(done):] if self.whitespaces[r].startswith(done) else ""
+            mask = self.allowed(need, scores.shape[1]).to(scores.device) if need else None
+            if mask is None or not mask.any(): self.pending.discard(r); continue
+            scores[r] = scores[r].masked_fill(~mask, float("-inf"))
+        return scores
 
 # %% ../nbs/06_complete.ipynb #2c52c136
 class _StopOnText(StoppingCriteria):
@@ -143,7 +174,7 @@ def truncate_at_stop(text: str, stop) -> str:
 def generate(model, tokenizer, prompts: list[Prompt], max_new_tokens: int = 64, temperature: float = 0.0,
              top_p: float = 1.0, stop=(), num_samples: int = 1, batch_size: int = 16, seed: int | None = None,
              criteria=()) -> list[list[str]]:
-    "Completions of `make_prompt` prompts, batched across prompts: `num_samples` texts per prompt (greedy when `temperature` is 0), cut at `stop`; `criteria`: more per-row `StoppingCriteria`."
+    "Completions of `make_prompt` prompts, batched across prompts, healed whitespace written back first: `num_samples` texts per prompt (greedy when `temperature` is 0), cut at `stop`; `criteria`: more per-row `StoppingCriteria`."
     if temperature < 0 or not 0 < top_p <= 1: raise ConfigError(f"temperature={temperature}, top_p={top_p}: need temperature >= 0 and 0 < top_p <= 1")
     if max_new_tokens < 1: raise ConfigError(f"max_new_tokens={max_new_tokens}: ask for at least 1 token")
     if temperature == 0 and num_samples > 1: raise ConfigError("num_samples > 1 with temperature 0 gives identical greedy samples; set temperature > 0")
@@ -164,8 +195,10 @@ def generate(model, tokenizer, prompts: list[Prompt], max_new_tokens: int = 64, 
         mask = torch.tensor([[0] * (width - len(p.ids)) + [1] * len(p.ids) for p in batch], device=device)
         stopping = StoppingCriteriaList(([_StopOnText(tokenizer, stop, batch, width, num_samples)] if stop else []) + list(criteria)) or None
         sampling = dict(do_sample=True, temperature=temperature, top_p=top_p) if temperature > 0 else dict(do_sample=False)
+        heal = HealWhitespace(tokenizer, [p.whitespace for p in batch for _ in range(num_samples)], width)
         gen = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_new_tokens, num_return_sequences=num_samples,
-                             eos_token_id=ends, pad_token_id=pad, stopping_criteria=stopping, top_k=None, **sampling)
+                             eos_token_id=ends, pad_token_id=pad, stopping_criteria=stopping, logits_processor=LogitsProcessorList([heal]),
+                             top_k=None, **sampling)
         texts = []
         for i, row in enumerate(gen[:, width:].tolist()):
             row = row[:next((i for i, t in enumerate(row) if t in ends), len(row))]

@@ -91,3 +91,24 @@ def test_completes_in_the_middle_of_a_long_real_file(model_dir):
     for extra in ([], ["--no-suffix"]):
         done = _cli(argparse.__file__, "--line", line, "--model", str(model_dir), "--max-new-tokens", "8", *extra)
         assert done.returncode == 0, done.stderr
+
+
+def test_healed_whitespace_is_written_back_first(model_dir):
+    "Every row of a prompt healed of '\\n' or '\\n    ' starts by writing that whitespace back, sampled or greedy, PSM or L2R."
+    from transformers import StoppingCriteria
+    model, tok = load_model(str(model_dir))
+
+    class FirstTokens(StoppingCriteria):
+        def __init__(self): self.rows = None
+        def __call__(self, input_ids, scores, **kwargs):
+            if self.rows is None: self.rows = input_ids[:, -1].tolist()
+            return torch.zeros(len(input_ids), dtype=torch.bool)
+
+    prompts = [make_prompt(tok, "def add(a, b):\n"), make_prompt(tok, "def add(a, b):\n    ", "\n    return c\n"), make_prompt(tok, "x = 1")]
+    assert [p.whitespace for p in prompts] == ["\n", "\n    ", ""]
+    seen = FirstTokens()
+    generate(model, tok, prompts, max_new_tokens=3, temperature=1.0, num_samples=8, batch_size=24, seed=0, criteria=[seen])
+    firsts = [tok.decode([t]) for t in seen.rows]
+    for p, row in zip([p for p in prompts for _ in range(8)], firsts):
+        if p.whitespace: assert row.startswith(p.whitespace) or p.whitespace.startswith(row), (p.whitespace, row)
+    assert len({f for f in firsts[16:]}) > 1  # the unhealed prompt is left free
