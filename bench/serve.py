@@ -6,6 +6,9 @@ and `transformers serve --continuous-batching`, plus the batching choice (our en
 Requests: single-line FIM completions cut from the held-out files of the model's run (`<run>/data/test`): the cursor at
 a random column of a random non-blank line, up to --before characters before it as prefix and --after after it as
 suffix, stop at the line break, up to --max-tokens new tokens, greedy. The prompt length in tokens is printed.
+Left-to-right (L2R) rows, the only kind `transformers serve` can do, send the same prefixes without suffix and
+without stop, so every server does the same work (up to --max-tokens, or an end token): in a first pass with the
+stop, transformers serve's answers averaged 31 tokens against our 13.5, so it did not stop where we did.
 Every client sends its next request when its last one ends (closed loop); each level is bounded by --requests and
 --seconds. Requests stream, so time to first token is where the first event arrives. tok/s counts every path's
 answers re-encoded with the model's tokenizer, so all rows count the same way. Prints figures; asserts nothing. Load
@@ -15,7 +18,7 @@ import argparse, asyncio, json, os, random, socket, subprocess, sys, threading, 
 from pathlib import Path
 import httpx, torch
 import pyarrow.parquet as pq
-from codecomplete.batching import Engine, Job, Metrics, Scheduler
+from codecomplete.batching import Engine, Job, KVBatch, Metrics, Scheduler, prefill
 from codecomplete.complete import complete, load_model, make_prompt, prompt_room
 
 
@@ -76,7 +79,7 @@ def closed_loop(url: str, model: str, reqs, clients: int, max_tokens: int, secon
                 with lock:
                     if not todo: return
                     prefix, suffix = todo.pop()
-                body = dict(model=model, prompt=prefix, max_tokens=max_tokens, temperature=0, stop=["\n"], stream=True, **({"suffix": suffix} if fim else {}))
+                body = dict(model=model, prompt=prefix, max_tokens=max_tokens, temperature=0, stream=True, **(dict(suffix=suffix, stop=["\n"]) if fim else {}))
                 t0, first, text = time.perf_counter(), None, []
                 with http.stream("POST", url + "/v1/completions", json=body) as r:
                     for line in r.iter_lines():
@@ -138,13 +141,31 @@ def batching_choice(model, tok, prompts, max_tokens: int, threads: int):
           f"identical texts {sum(a == b for a, b in zip(ours, theirs))}/{len(prompts)}  (load {os.getloadavg()[0]:.1f})", flush=True)
 
 
+def step_costs(model, prompts, rows: int):
+    "What bounds batching on this CPU: a p50 prompt's prefill, and one decode step of 1 and of `rows` rows over such a cache."
+    p50 = sorted(prompts, key=lambda p: len(p.ids))[len(prompts) // 2]
+    def best(f, k=5):
+        times = []
+        for _ in range(k): t = time.perf_counter(); f(); times.append(time.perf_counter() - t)
+        return min(times)
+    prefill_s = best(lambda: prefill(model, p50.ids))
+    step_s = {}
+    for n in (1, rows):
+        batch = KVBatch()
+        for _ in range(n): batch.join(prefill(model, p50.ids)[0], [None])
+        step_s[n] = best(lambda: batch.step(model, [0] * n))
+    print(f"costs, p50 prompt of {len(p50.ids)} tokens: prefill {1000 * prefill_s:.1f} ms; one decode step: 1 row {1000 * step_s[1]:.1f} ms, "
+          f"{rows} rows {1000 * step_s[rows]:.1f} ms  (best of 5, load {os.getloadavg()[0]:.1f})", flush=True)
+
+
 def in_process(model, tok, reqs, max_tokens: int, fim: bool):
     "The same requests one after another through `complete()`."
-    complete(*reqs[0], model, tok, max_new_tokens=max_tokens, stop=["\n"])
+    stop = ["\n"] if fim else []
+    complete(*reqs[0], model, tok, max_new_tokens=max_tokens, stop=stop)
     lat, n, t = [], 0, time.perf_counter()
     for prefix, suffix in reqs:
         t0 = time.perf_counter()
-        text = complete(prefix, suffix if fim else None, model, tok, max_new_tokens=max_tokens, stop=["\n"])
+        text = complete(prefix, suffix if fim else None, model, tok, max_new_tokens=max_tokens, stop=stop)
         lat.append(time.perf_counter() - t0); n += len(tok(text)["input_ids"])
     report(f"in-process complete(), one after another, {'FIM' if fim else 'L2R'}", lat, lat, n, time.perf_counter() - t)
 
@@ -168,7 +189,9 @@ def main():
     print(f"model {model_dir} ({sum(p.numel() for p in model.parameters()) / 1e6:.1f}M params), CPU, {args.threads} torch thread(s); "
           f"{len(reqs)} single-line FIM requests from {test_dir}: prompt tokens p50 {pct(lengths, .5)}, p95 {pct(lengths, .95)}; "
           f"up to {args.max_tokens} new tokens; load {os.getloadavg()}", flush=True)
-    batching_choice(model, tok, [make_prompt(tok, p, s, room) for p, s in reqs[:16]], args.max_tokens, args.threads)
+    prompts = [make_prompt(tok, p, s, room) for p, s in reqs]
+    step_costs(model, prompts, max(args.clients))
+    batching_choice(model, tok, prompts[:16], args.max_tokens, args.threads)
     for fim in (True, False): in_process(model, tok, reqs, args.max_tokens, fim)
 
     port = free_port(); url = f"http://127.0.0.1:{port}"

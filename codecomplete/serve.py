@@ -32,8 +32,8 @@ class ServeConfig:
     api_key: str = ""             # when set, every route but /health needs `Authorization: Bearer <key>`
     model_name: str = ""          # the id clients send as `model`; '' = the folder's name
     device: str | None = None     # cpu, cuda, ...; default cuda when available (bf16 there)
-    max_batch: int = 16           # rows (requests x n) generated together
-    max_queue: int = 64           # requests waiting for a batch; one more is answered 503 with Retry-After
+    max_batch: int = 16           # rows (requests x n) decoded together, step by step
+    max_queue: int = 64           # jobs waiting to be admitted; one more is answered 503 with Retry-After
     time_limit: float = 30.0      # seconds a request may take, queueing included; then it ends with what it has
     drain_seconds: float = 10.0   # after SIGTERM, how long in-flight requests get to finish
     max_body_bytes: int = 4 << 20 # request bodies above this are answered 413
