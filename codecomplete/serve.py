@@ -5,25 +5,22 @@
 # %% ../nbs/06b_serve.ipynb #f4fc71eb
 from __future__ import annotations
 import asyncio, hmac, json, re, sys, threading, time, uuid
-from collections import deque
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-import torch
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
-from transformers import StoppingCriteria
-from .complete import SENTINELS, Prompt, generate, healed, load_model, make_prompt, prompt_room, truncate_at_stop
+from .batching import Busy, Engine, Job, Metrics
+from .complete import SENTINELS, Prompt, load_model, make_prompt, prompt_room, truncate_at_stop
 from .config import ConfigError
 
 # %% auto #0
 __all__ = ['ServeConfig', 'split_raw_fim', 'build_prompt', 'CompletionRequest', 'ExtraChunk', 'InfillRequest', 'ApiError',
-           'parse_body', 'read_json', 'Busy', 'as_api_error', 'Job', 'stable_text', 'Metrics', 'Batcher',
-           'cut_at_dedent', 'infill_prefix', 'make_app', 'serve']
+           'parse_body', 'read_json', 'as_api_error', 'cut_at_dedent', 'infill_prefix', 'make_app', 'serve']
 
 # %% ../nbs/06b_serve.ipynb #7d0cb81d
 @dataclass(frozen=True)
@@ -35,8 +32,8 @@ class ServeConfig:
     api_key: str = ""             # when set, every route but /health needs `Authorization: Bearer <key>`
     model_name: str = ""          # the id clients send as `model`; '' = the folder's name
     device: str | None = None     # cpu, cuda, ...; default cuda when available (bf16 there)
-    max_batch: int = 16           # rows (requests x n) generated together
-    max_queue: int = 64           # requests waiting for a batch; one more is answered 503 with Retry-After
+    max_batch: int = 16           # rows (requests x n) decoded together, step by step
+    max_queue: int = 64           # jobs waiting to be admitted; one more is answered 503 with Retry-After
     time_limit: float = 30.0      # seconds a request may take, queueing included; then it ends with what it has
     drain_seconds: float = 10.0   # after SIGTERM, how long in-flight requests get to finish
     max_body_bytes: int = 4 << 20 # request bodies above this are answered 413
@@ -64,12 +61,11 @@ def split_raw_fim(prompt: str, suffix: str | None) -> tuple[str, str | None]:
     if suffix: raise ConfigError("prompt is already a <fim_prefix>...<fim_suffix>...<fim_middle> template and suffix is set too; send one of them")
     return match.group(1), match.group(2)
 
-def build_prompt(model, tokenizer, prompt: str, suffix: str | None, max_tokens: int) -> tuple[list[int], str]:
-    "The prompt ids of one request and the trailing whitespace healed off its prefix: `make_prompt`, the convention of `complete()`."
+def build_prompt(model, tokenizer, prompt: str, suffix: str | None, max_tokens: int) -> Prompt:
+    "The `Prompt` of one request (its ids and the whitespace healed off its prefix): `make_prompt`, the convention of `complete()`."
     prefix, suffix = split_raw_fim(prompt, suffix)
     if not prefix and not suffix: raise ConfigError("prompt is empty; send the text before the cursor (and the text after it as suffix)")
-    prompt = make_prompt(tokenizer, prefix, suffix, prompt_room(model, max_tokens))
-    return prompt.ids, prompt.whitespace
+    return make_prompt(tokenizer, prefix, suffix, prompt_room(model, max_tokens))
 
 # %% ../nbs/06b_serve.ipynb #4563ae7f
 class CompletionRequest(BaseModel):
@@ -159,212 +155,28 @@ async def read_json(request: Request, max_bytes: int) -> dict:
     return data
 
 # %% ../nbs/06b_serve.ipynb #38ceb585
-class Busy(Exception):
-    "The server cannot take a request now (queue full, loading, draining); answered 503 with Retry-After."
-
 def as_api_error(e: Exception) -> ApiError:
-    "`e` as the refusal the client gets: `Busy` is a 503 with Retry-After."
-    return e if isinstance(e, ApiError) else ApiError(503, str(e), retry_after=1)
-
-@dataclass(eq=False)
-class Job:
-    "One prompt of a request in the batcher: prompt ids, settings, and where its text and result go."
-    prompt: list[int]
-    whitespace: str
-    max_tokens: int
-    temperature: float
-    top_p: float
-    n: int
-    stop: list[str]
-    seed: int | None
-    deadline: float
-    loop: asyncio.AbstractEventLoop
-    events: asyncio.Queue | None = None   # streaming: (choice index, text delta, finish reason or None)
-    base_index: int = 0                   # index of this job's first choice in the response
-    created: float = field(default_factory=time.monotonic)
-    first_token: float | None = None
-    cancelled: bool = False
-    resolved: bool = False
-    done: asyncio.Future = None
-
-    def __post_init__(self): self.done = self.loop.create_future()
-
-    @property
-    def key(self) -> tuple:
-        "Jobs with equal keys can share one `generate` call."
-        return (self.max_tokens, self.temperature, self.top_p, self.n, tuple(self.stop), id(self) if self.seed is not None else None)
-
-    def emit(self, *event):
-        "Hand a stream event to the request's event loop (called from the model thread)."
-        if self.events is not None: self.loop.call_soon_threadsafe(self.events.put_nowait, event)
-
-    def resolve(self, result):
-        "Finish the job with `result` (a list of choices, or an exception), from any thread; a stream gets the error as an event."
-        self.resolved = True
-        if isinstance(result, Exception): self.emit(None, result, None)
-        def settle():
-            if self.done.done(): return
-            if isinstance(result, Exception): self.done.set_exception(result)
-            else: self.done.set_result(result)
-        self.loop.call_soon_threadsafe(settle)
-
-# %% ../nbs/06b_serve.ipynb #6c87440e
-def stable_text(text: str, stop: list[str], whitespace: str) -> str:
-    "The part of a growing completion that later tokens cannot change: healed, cut at a stop, held back where a stop or a character may be starting."
-    if whitespace.startswith(text): return ""  # still writing back the healed whitespace
-    text = healed(text, whitespace)
-    cut = truncate_at_stop(text, stop)
-    if cut != text: return cut
-    text = text.rstrip("\ufffd")
-    return text[:len(text) - max((k for s in stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)]
-
-class _Watch(StoppingCriteria):
-    "Called by `generate` after every step: stamps first tokens, streams stable text, ends rows of cancelled or late jobs."
-    def __init__(self, jobs: list[Job], width: int, tokenizer, ends: set[int]):
-        self.rows = [(job, c) for job in jobs for c in range(job.n)]
-        self.width, self.tokenizer, self.ends = width, tokenizer, ends
-        self.sent, self.last = [""] * len(self.rows), [[] for _ in self.rows]
-
-    def __call__(self, input_ids, scores, **kwargs):
-        now, done = time.monotonic(), []
-        for r, ((job, c), ids) in enumerate(zip(self.rows, input_ids[:, self.width:].tolist())):
-            self.last[r] = ids
-            if job.first_token is None: job.first_token = now
-            if job.events is not None and not job.cancelled:
-                end = next((i for i, t in enumerate(ids) if t in self.ends), len(ids))
-                text = stable_text(self.tokenizer.decode(ids[:end], skip_special_tokens=True), job.stop, job.whitespace)
-                if len(text) > len(self.sent[r]): job.emit(job.base_index + c, text[len(self.sent[r]):], None); self.sent[r] = text
-            done.append(job.cancelled or now > job.deadline)
-        return torch.tensor(done, device=input_ids.device)
-
-    def finish(self, r: int, text: str, pad: int) -> tuple[str, str, int]:
-        "Row `r`'s choice: the rest of its text streamed, and `(text, finish_reason, tokens generated)`."
-        ids, (job, c) = self.last[r], self.rows[r]
-        end = next((i for i, t in enumerate(ids) if t in self.ends), None)
-        count = end + 1 if end is not None else next((i for i, t in enumerate(ids) if t == pad), len(ids))
-        full = self.tokenizer.decode(ids[:count], skip_special_tokens=True)
-        reason = "stop" if end is not None or truncate_at_stop(full, job.stop) != full else "length"
-        job.emit(job.base_index + c, text[len(self.sent[r]):] if text.startswith(self.sent[r]) else "", reason)
-        return text, reason, count
-
-# %% ../nbs/06b_serve.ipynb #1a89de14
-class Metrics:
-    "Prometheus metrics of one server, in a registry of their own."
-    def __init__(self):
-        r = self.registry = CollectorRegistry()
-        self.running = Gauge("codecomplete_requests_running", "jobs being generated now", registry=r)
-        self.waiting = Gauge("codecomplete_requests_waiting", "jobs waiting for a batch", registry=r)
-        buckets = (.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60)
-        self.ttft = Histogram("codecomplete_time_to_first_token_seconds", "request arrival to first generated token", buckets=buckets, registry=r)
-        self.latency = Histogram("codecomplete_request_latency_seconds", "request arrival to last token", buckets=buckets, registry=r)
-        self.tokens = Counter("codecomplete_generated_tokens", "tokens generated for answered jobs", registry=r)
-        self.cancelled = Counter("codecomplete_requests_cancelled", "jobs whose client went away", registry=r)
-        self.rejected = Counter("codecomplete_requests_rejected", "requests answered 503 (queue full, loading, draining)", registry=r)
-
-# %% ../nbs/06b_serve.ipynb #18022c8d
-class Batcher:
-    "One thread that owns the model and runs waiting jobs in batches of equal settings, up to `max_batch` rows."
-    def __init__(self, model, tokenizer, cfg: ServeConfig, metrics: Metrics):
-        self.model, self.tokenizer, self.cfg, self.metrics = model, tokenizer, cfg, metrics
-        vocab = tokenizer.get_vocab()
-        self.ends = {i for i in (tokenizer.eos_token_id, *(vocab.get(t) for t in (*SENTINELS, "<fim_pad>"))) if i is not None}
-        self.pending: deque[Job] = deque()
-        self.running: set[Job] = set()
-        self.cond, self.stopped, self.ready, self.error = threading.Condition(), False, threading.Event(), None
-        self.thread = threading.Thread(target=self._loop, name="codecomplete-batcher", daemon=True)
-        self.thread.start()
-
-    def submit(self, jobs: list[Job]):
-        "Queue all of `jobs` (one request's prompts), or raise `Busy` when the queue cannot hold them."
-        with self.cond:
-            if self.stopped: raise Busy("the server is shutting down; retry on another instance")
-            if len(self.pending) + len(jobs) > self.cfg.max_queue:
-                self.metrics.rejected.inc()
-                raise Busy(f"the queue is full ({self.cfg.max_queue} waiting); retry shortly")
-            self.pending.extend(jobs); self.metrics.waiting.set(len(self.pending)); self.cond.notify()
-
-    def cancel(self, job: Job):
-        "Drop `job`: its client went away. A waiting job leaves the queue; a running one's rows end at the next token."
-        with self.cond:
-            if job.cancelled or job.resolved: return
-            job.cancelled = True
-            if job in self.pending: self.pending.remove(job)
-            self.metrics.waiting.set(len(self.pending)); self.metrics.cancelled.inc()
-
-    def stop(self):
-        "End the thread: waiting and running jobs are cancelled."
-        with self.cond:
-            self.stopped = True
-            for job in [*self.pending, *self.running]: job.cancelled = True; job.resolve(Busy("the server shut down before this request finished"))
-            self.pending.clear(); self.cond.notify()
-
-    def _take(self) -> list[Job] | None:
-        "The next batch: the oldest job and the waiting jobs that share its settings (None once stopped)."
-        with self.cond:
-            while not self.pending and not self.stopped: self.cond.wait()
-            if self.stopped: return None
-            batch = [self.pending.popleft()]
-            rows = batch[0].n
-            for job in list(self.pending):
-                if job.key == batch[0].key and rows + job.n <= self.cfg.max_batch:
-                    self.pending.remove(job); batch.append(job); rows += job.n
-            self.running.update(batch)
-            self.metrics.waiting.set(len(self.pending)); self.metrics.running.set(len(self.running))
-            return batch
-
-    def _loop(self):
-        if self.cfg.threads: torch.set_num_threads(self.cfg.threads)  # OpenMP's thread count belongs to the calling thread
-        try: generate(self.model, self.tokenizer, [make_prompt(self.tokenizer, "def")], max_new_tokens=2)  # warm-up: the first call allocates
-        except Exception as e: self.error = e; return
-        self.ready.set()
-        while (batch := self._take()) is not None:
-            try: self._run(batch)
-            finally:
-                with self.cond:
-                    self.running.difference_update(batch); self.metrics.running.set(len(self.running))
-
-    def _run(self, batch: list[Job]):
-        "Generate one batch and resolve its jobs."
-        late = [j for j in batch if time.monotonic() > j.deadline]
-        for job in late: job.resolve(Busy(f"the request waited longer than the {self.cfg.time_limit:g} s time limit in the queue; retry shortly"))
-        batch = [j for j in batch if j not in late]
-        if not batch: return
-        first = batch[0]
-        watch = _Watch(batch, max(len(j.prompt) for j in batch), self.tokenizer, self.ends)
-        try:
-            texts = generate(self.model, self.tokenizer, [Prompt(j.prompt, j.whitespace) for j in batch], first.max_tokens, first.temperature, first.top_p,
-                             first.stop, first.n, batch_size=len(watch.rows), seed=first.seed, criteria=[watch])
-        except ConfigError as e:
-            for job in batch: job.resolve(ApiError(400, str(e)))
-            return
-        except Exception as e:  # a bug, not bad input: that request fails, the server lives on
-            for job in batch: job.resolve(ApiError(500, f"generation failed: {type(e).__name__}: {e}"))
-            return
-        pad, r, now = self.tokenizer.pad_token_id, 0, time.monotonic()
-        for job, samples in zip(batch, texts):
-            choices = []
-            for text in samples:
-                choices.append(watch.finish(r, text, pad)); r += 1
-            if job.cancelled: continue
-            self.metrics.tokens.inc(sum(c[2] for c in choices))
-            self.metrics.ttft.observe((job.first_token or now) - job.created); self.metrics.latency.observe(now - job.created)
-            job.resolve(choices)
+    "`e` as the refusal the client gets: `Busy` is a 503 with Retry-After, a `ConfigError` a 400, anything else a 500."
+    if isinstance(e, ApiError): return e
+    if isinstance(e, Busy): return ApiError(503, str(e), retry_after=1)
+    if isinstance(e, ConfigError): return ApiError(400, str(e))
+    return ApiError(500, f"generation failed: {type(e).__name__}: {e}")
 
 # %% ../nbs/06b_serve.ipynb #92eda691
 class _State:
-    "What the routes share: settings, metrics, and once loaded, the model and its batcher."
+    "What the routes share: settings, metrics, and once loaded, the model and its engine."
     def __init__(self, cfg: ServeConfig):
         self.cfg, self.metrics = cfg, Metrics()
-        self.model = self.tokenizer = self.batcher = self.error = None
+        self.model = self.tokenizer = self.engine = self.error = None
         self.draining = False
 
     def load(self):
-        "Load the model and start the batcher (in a thread); `ready` once the batcher has warmed up."
+        "Load the model and start its engine (in a thread); `ready` once the engine has warmed up."
         try:
             self.model, self.tokenizer = load_model(self.cfg.model, self.cfg.device)
-            self.batcher = Batcher(self.model, self.tokenizer, self.cfg, self.metrics)
-            while not self.batcher.ready.wait(0.1) and self.batcher.thread.is_alive(): pass
-            if self.batcher.error: raise self.batcher.error
+            self.engine = Engine(self.model, self.tokenizer, self.metrics, self.cfg.max_batch, self.cfg.max_queue, self.cfg.threads)
+            while not self.engine.ready.wait(0.1) and self.engine.thread.is_alive(): pass
+            if self.engine.error: raise self.engine.error
         except Exception as e: self.error = e
 
     def require_ready(self):
@@ -372,7 +184,7 @@ class _State:
         if not self.ready: self.metrics.rejected.inc(); raise Busy("the model is still loading; retry in a few seconds")
 
     @property
-    def ready(self) -> bool: return self.batcher is not None and self.batcher.ready.is_set()
+    def ready(self) -> bool: return self.engine is not None and self.engine.ready.is_set()
 
     def check_key(self, request: Request):
         if not self.cfg.api_key: return
@@ -396,17 +208,19 @@ async def _until_disconnect(request: Request):
 
 async def _results(state: _State, request: Request, jobs: list[Job]) -> list[list[tuple]] | None:
     "The choices of `jobs`, or None (and the jobs cancelled) when the client disconnects first."
-    state.batcher.submit(jobs)
+    state.engine.submit(jobs)
     gone = asyncio.ensure_future(_until_disconnect(request))
     everything = asyncio.gather(*(j.done for j in jobs))
     try:
         await asyncio.wait({gone, everything}, return_when=asyncio.FIRST_COMPLETED)
-        return everything.result() if everything.done() else None
+        if not everything.done(): return None
+        try: return everything.result()
+        except Exception as e: raise as_api_error(e) from None
     finally:
         gone.cancel()
         if not everything.done():
             everything.cancel()
-            for job in jobs: state.batcher.cancel(job)
+            for job in jobs: state.engine.cancel(job)
 
 def _sse(data) -> str: return f"data: {json.dumps(data)}\n\n"
 
@@ -422,7 +236,7 @@ async def _stream(state: _State, jobs: list[Job], chunk, last):
         for item in last(await asyncio.gather(*(j.done for j in jobs))): yield _sse(item)
         yield "data: [DONE]\n\n"
     finally:
-        for job in jobs: state.batcher.cancel(job)
+        for job in jobs: state.engine.cancel(job)
 
 # %% ../nbs/06b_serve.ipynb #b833f552
 def _stop_list(stop) -> list[str]:
@@ -434,13 +248,13 @@ def _jobs(state: _State, prompts: list[str], suffix: str | None, max_tokens: int
     loop, events = asyncio.get_running_loop(), asyncio.Queue() if stream else None
     deadline, jobs = time.monotonic() + seconds, []
     for i, text in enumerate(prompts):
-        try: ids, whitespace = build_prompt(state.model, state.tokenizer, text, suffix, max_tokens)
+        try: prompt = build_prompt(state.model, state.tokenizer, text, suffix, max_tokens)
         except ConfigError as e: raise ApiError(400, str(e), "prompt") from None
-        jobs.append(Job(ids, whitespace, max_tokens, temperature, top_p, n, stop, seed, deadline, loop, events, i * n))
+        jobs.append(Job(prompt, max_tokens, temperature, top_p, n, stop, seed, deadline, loop, events, i * n))
     return jobs
 
 def _usage(jobs: list[Job], results) -> dict:
-    prompt, completion = sum(len(j.prompt) for j in jobs), sum(c[2] for r in results for c in r)
+    prompt, completion = sum(len(j.prompt.ids) for j in jobs), sum(c[2] for r in results for c in r)
     return dict(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
 def cut_at_dedent(text: str, n_indent: int) -> str:
@@ -473,7 +287,7 @@ def _routes(app: FastAPI, state: _State):
                      _stop_list(req.stop), req.seed, cfg.time_limit, req.stream)
         head = dict(id=f"cmpl-{uuid.uuid4().hex}", object="text_completion", created=int(time.time()), model=cfg.name)
         if req.stream:
-            state.batcher.submit(jobs)
+            state.engine.submit(jobs)
             usage = bool((req.stream_options or {}).get("include_usage"))
             chunk = lambda i, text, reason: {**head, "choices": [dict(text=text, index=i, finish_reason=reason, logprobs=None)]}
             last = lambda results: [{**head, "choices": [], "usage": _usage(jobs, results)}] if usage else []
@@ -496,7 +310,7 @@ def _routes(app: FastAPI, state: _State):
         jobs = _jobs(state, [prefix], req.input_suffix, state.max_tokens(req.n_predict if req.n_predict > 0 else limit // 4, "n_predict"),
                      req.temperature, req.top_p, 1, req.stop, req.seed, seconds, req.stream)
         if req.stream:
-            state.batcher.submit(jobs)
+            state.engine.submit(jobs)
             chunk = lambda i, text, reason: {"index": 0, "content": text, "stop": reason is not None}
             return StreamingResponse(_stream(state, jobs, chunk, lambda results: []), media_type="text/event-stream")
         results = await _results(state, request, jobs)
@@ -504,10 +318,10 @@ def _routes(app: FastAPI, state: _State):
         (text, reason, count), job, now = results[0][0], jobs[0], time.monotonic()
         first = job.first_token or now
         stop_type = "limit" if reason == "length" else "word" if truncate_at_stop(text, req.stop) != text or any(s in text for s in req.stop) else "eos"
-        timings = dict(prompt_n=len(job.prompt), prompt_ms=1000 * (first - job.created), predicted_n=count,
+        timings = dict(prompt_n=len(job.prompt.ids), prompt_ms=1000 * (first - job.created), predicted_n=count,
                        predicted_ms=1000 * (now - first), predicted_per_second=count / max(now - first, 1e-9))
         return {"content": cut_at_dedent(text, req.n_indent), "stop": True, "stop_type": stop_type, "tokens_predicted": count,
-                "tokens_evaluated": len(job.prompt), "timings": timings}
+                "tokens_evaluated": len(job.prompt.ids), "timings": timings}
 
     @app.get("/v1/models")
     async def models(request: Request):
@@ -532,7 +346,7 @@ def make_app(cfg: ServeConfig) -> FastAPI:
     async def lifespan(app):
         threading.Thread(target=state.load, name="codecomplete-load", daemon=True).start()
         yield
-        if state.batcher: state.batcher.stop()
+        if state.engine: state.engine.stop()
     app = FastAPI(title="codecomplete", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.serve = state
     async def refusal(request, e): return as_api_error(e).response()

@@ -130,12 +130,14 @@ def test_disconnect_mid_stream_is_cancelled_and_its_slot_reused(server, client):
 
 def test_full_queue_gives_503_with_retry_after(server, client):
     headers = {"Authorization": f"Bearer {KEY}"}
-    with httpx.stream("POST", server.url + "/v1/completions", json=dict(prompt=BUSY, max_tokens=LONG, stream=True), headers=headers, timeout=60) as busy:
-        lines = busy.iter_lines()  # kept: an iterator left to the garbage collector closes the connection
-        next(lines)
-        server.wait_for("codecomplete_requests_running", lambda v: v == 1)
+    busy_body = dict(prompt=[BUSY] * 2, max_tokens=LONG, stream=True)  # two of these: 4 greedy rows fill --max-batch 4
+    with httpx.stream("POST", server.url + "/v1/completions", json=busy_body, headers=headers, timeout=60) as busy, \
+         httpx.stream("POST", server.url + "/v1/completions", json=busy_body, headers=headers, timeout=60) as busier:
+        lines = [busy.iter_lines(), busier.iter_lines()]  # kept: an iterator left to the garbage collector closes the connection
+        for it in lines: next(it)
+        server.wait_for("codecomplete_requests_running", lambda v: v == 4)
         statuses = []
-        def send(i):  # other settings than the running job: these wait for it, --max-queue 2 of them
+        def send(i):  # no slot is free: these wait for a running row to end, --max-queue 2 of them
             statuses.append(httpx.post(server.url + "/v1/completions", json=dict(prompt="x", max_tokens=2 + i), headers=headers, timeout=60))
         waiting = [threading.Thread(target=send, args=(i,)) for i in range(2)]
         for t in waiting: t.start()
