@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from transformers import DynamicCache, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
-from .complete import SENTINELS, Prompt, healed, make_prompt, truncate_at_stop
+from .complete import SENTINELS, HealWhitespace, Prompt, healed, make_prompt, truncate_at_stop
 
 # %% auto #0
 __all__ = ['Busy', 'Job', 'stable_text', 'row_processors', 'Row', 'make_rows', 'KVBatch', 'prefill', 'Metrics', 'Scheduler',
@@ -68,9 +68,9 @@ def stable_text(text: str, stop: list[str], whitespace: str) -> str:
     return text[:len(text) - max((k for s in stop for k in range(1, len(s)) if text.endswith(s[:k])), default=0)]
 
 # %% ../nbs/06c_batching.ipynb #f96c0336
-def row_processors(prompt: Prompt, temperature: float, top_p: float) -> LogitsProcessorList:
-    "The logits processors of one row, built from its `Prompt` and its request's sampling settings (greedy: none)."
-    processors = LogitsProcessorList()
+def row_processors(tokenizer, prompt: Prompt, temperature: float, top_p: float) -> LogitsProcessorList:
+    "The logits processors of one row, built from its `Prompt` (whitespace healing, as `generate` does) and its request's sampling settings."
+    processors = LogitsProcessorList([HealWhitespace(tokenizer, [prompt.whitespace], len(prompt.ids))] if prompt.whitespace else [])
     if temperature > 0:
         processors.append(TemperatureLogitsWarper(temperature))
         if top_p < 1: processors.append(TopPLogitsWarper(top_p))
@@ -96,7 +96,7 @@ class Row:
         if self.job.temperature == 0: return int(logits.argmax())
         return int(torch.multinomial(logits.softmax(-1), 1, generator=self.generator))
 
-def make_rows(job: Job) -> list[Row]:
+def make_rows(job: Job, tokenizer) -> list[Row]:
     "The `n` rows of `job`: each with `row_processors` and, when sampling, its own generator (seeded by `job.seed` and the choice)."
     def generator(c: int):
         if job.temperature == 0: return None
@@ -104,7 +104,7 @@ def make_rows(job: Job) -> list[Row]:
         if job.seed is None: g.seed()
         else: g.manual_seed(job.seed * 1_000_003 + c)
         return g
-    return [Row(job, c, row_processors(job.prompt, job.temperature, job.top_p), generator(c)) for c in range(job.n)]
+    return [Row(job, c, row_processors(tokenizer, job.prompt, job.temperature, job.top_p), generator(c)) for c in range(job.n)]
 
 # %% ../nbs/06c_batching.ipynb #a344378d
 class KVBatch:
@@ -215,7 +215,7 @@ class Scheduler:
 # %% ../nbs/06c_batching.ipynb #9a46440b
 def _admit(self: Scheduler, job: Job):
     "Prefill `job` alone, give each of its rows its first token, and join the rows still going to the batch."
-    rows = self.running[job] = make_rows(job)
+    rows = self.running[job] = make_rows(job, self.tokenizer)
     try: cache, logits = prefill(self.model, job.prompt.ids, job.n)
     except Exception as e: del self.running[job]; job.resolve(e); return
     now = time.monotonic()

@@ -136,9 +136,9 @@ class _Force(LogitsProcessor):
 def test_row_processors_is_where_every_rows_processors_come_from(lm, monkeypatch):
     model, tok = lm
     token, made, original = tok.convert_tokens_to_ids("x"), [], batching.row_processors
-    def with_force(prompt, temperature, top_p):
+    def with_force(tokenizer, prompt, temperature, top_p):
         made.append(prompt)
-        processors = original(prompt, temperature, top_p)
+        processors = original(tokenizer, prompt, temperature, top_p)
         processors.append(_Force(token)); return processors
     monkeypatch.setattr(batching, "row_processors", with_force)
     async def go():
