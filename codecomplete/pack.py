@@ -5,17 +5,17 @@
 # %% ../nbs/04_pack.ipynb #cda2c41b
 from __future__ import annotations
 import hashlib, json, os, random
-from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 import torch
-from .config import (ConfigError, StageConfig, setting, stage_dir, should_skip, begin_stage, finish_stage,
+from .config import (ConfigError, stage_dir, should_skip, begin_stage, finish_stage,
                                  atomic_write_text)
-from .tokenizer import SPECIAL_TOKENS, backend, encode_texts, split_shards
+from .stages import PackConfig, SPECIAL_TOKENS
+from .tokenizer import backend, encode_texts, split_shards
 
 # %% auto #0
 __all__ = ['sample_run', 'load_run_tokenizer', 'special_ids', 'text_encoder', 'window_rng', 'fim_cut', 'fit_fim', 'assemble',
-           'PackConfig', 'fim_windows', 'fim_share', 'token_dtype', 'curated_shards', 'pack_split', 'pack', 'read_meta',
+           'fim_windows', 'fim_share', 'token_dtype', 'curated_shards', 'pack_split', 'pack', 'read_meta',
            'open_tokens', 'doc_starts', 'TokenLoader']
 
 # %% ../nbs/04_pack.ipynb #34819c77
@@ -88,26 +88,6 @@ def assemble(layout: str, parts: list[list[int]], sp: dict) -> list[int]:
     prefix, middle, suffix = parts
     if layout == "psm": return [sp["prefix"], *prefix, sp["suffix"], *suffix, sp["middle"], *middle]
     return [sp["prefix"], sp["suffix"], *suffix, sp["middle"], *prefix, *middle]
-
-# %% ../nbs/04_pack.ipynb #2a3625b9
-@dataclass
-class PackConfig(StageConfig):
-    "Settings of the pack stage."
-    splits: list = setting(["train", "validation", "test"], "splits to pack; each needs data/<split>/*.parquet")
-    seq_len: int = setting(256, "tokens per training window, FIM applied inside each; the train stage's seq_len")
-    fim_rate: float = setting(0.5, "chance that a document piece of a training window becomes a fill-in-the-middle example")
-    fim_spm_rate: float = setting(0.5, "fraction of FIM examples in SPM order (the others PSM)")
-    fim_splits: list = setting(["train"], "splits that get FIM; held-out splits stay plain so bits per byte stay comparable")
-    seed: int = setting(0, "seed of the per-window FIM choices")
-    batch_docs: int = setting(512, "documents tokenized per batch; bounds memory", affects_output=False)
-
-    def validate(self):
-        for key in ("fim_rate", "fim_spm_rate"):
-            if not 0 <= getattr(self, key) <= 1: raise ConfigError(f"{key}={getattr(self, key)} must lie between 0 and 1")
-        if extra := [s for s in self.fim_splits if s not in self.splits]:
-            raise ConfigError(f"fim_splits {extra} are not among splits {self.splits}; add them to splits or drop them")
-        if self.batch_docs < 1: raise ConfigError(f"batch_docs={self.batch_docs} must be at least 1")
-        if self.seq_len < 16: raise ConfigError(f"seq_len={self.seq_len} leaves no room for FIM examples; use at least 16 (the train stage's seq_len)")
 
 # %% ../nbs/04_pack.ipynb #5b1e0f3a
 def fim_windows(windows: list[np.ndarray], first: int, split: str, cfg: PackConfig, tok, sp: dict) -> np.ndarray:
