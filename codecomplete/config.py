@@ -177,10 +177,10 @@ UPSTREAM = {"curate": [], "tokenizer": ["curate"], "pack": ["curate", "tokenizer
             "ladder": ["tokenizer", "pack"]}
 MARKER = "_COMPLETE.json"
 
-def stage_dir(cfg: StageConfig, stage: str) -> Path:
-    "The folder where `stage` writes for the run `cfg.run_dir`."
+def stage_dir(run, stage: str) -> Path:
+    "The folder where `stage` writes in `run`: a stage config (its `run_dir`) or the run folder itself."
     if stage not in STAGE_DIRS: raise ConfigError(f"unknown stage {stage!r}; stages: {', '.join(STAGE_DIRS)}")
-    return Path(cfg.run_dir) / STAGE_DIRS[stage]
+    return Path(getattr(run, "run_dir", run)) / STAGE_DIRS[stage]
 
 def atomic_write_text(path, text: str):
     "Write `text` to `path` through a temporary file and a rename, so readers never see half a file."

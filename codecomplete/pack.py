@@ -35,23 +35,23 @@ def sample_run(run_dir, n_files: int = 40, vocab_size: int = 1024) -> Path:
     root = Path(os.__file__).parent
     files = sorted(p for p in root.glob("*.py") if 2_000 < p.stat().st_size < 60_000)[:n_files]
     cut = {"train": files[:-4], "validation": files[-4:-2], "test": files[-2:]}
-    run_dir = Path(run_dir)
+    run_dir, data = Path(run_dir), stage_dir(run_dir, "curate")
     for split, paths in cut.items():
-        (run_dir / "data" / split).mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist([_record(p, root, p.stem) for p in paths]), run_dir / "data" / split / "part-00000.parquet")
+        (data / split).mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist([_record(p, root, p.stem) for p in paths]), data / split / "part-00000.parquet")
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
     bpe.train_from_iterator((p.read_text() for p in cut["train"]), trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>", pad_token="<|pad|>",
-                            additional_special_tokens=SPECIAL_TOKENS[2:]).save_pretrained(run_dir / "tokenizer")
+                            additional_special_tokens=SPECIAL_TOKENS[2:]).save_pretrained(stage_dir(run_dir, "tokenizer"))
     return run_dir
 
 # %% ../nbs/04_pack.ipynb #e747392b
 def load_run_tokenizer(run_dir):
     "The run's tokenizer (`<run_dir>/tokenizer`), checked by `codecomplete.tokenizer.load_tokenizer` for its special tokens."
     from codecomplete.tokenizer import load_tokenizer
-    return load_tokenizer(Path(run_dir) / "tokenizer")
+    return load_tokenizer(stage_dir(run_dir, "tokenizer"))
 
 def special_ids(tok) -> dict:
     "Ids of `<|endoftext|>`, the three FIM sentinels and `<fim_pad>`, by short name."

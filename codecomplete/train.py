@@ -179,7 +179,7 @@ class RunLog:
 
 def read_log(run_dir) -> list[dict]:
     "The records of a run's `train/log.jsonl`."
-    path = Path(run_dir) / "train" / "log.jsonl"
+    path = stage_dir(run_dir, "train") / "log.jsonl"
     return [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
 
 # %% ../nbs/05_train.ipynb #df66dfc0
