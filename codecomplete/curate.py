@@ -60,6 +60,7 @@ def _read(file: str, limit: int) -> bytes | str:
     except OSError: return "unreadable"
     return "too_large" if len(data) > limit else data
 
+# %% ../nbs/01_curate.ipynb #9b7a85be
 def quality_reason(text: str, lang: str, cfg: CurateConfig) -> tuple[str | None, dict]:
     "The first quality filter `text` fails (or None) and its line statistics."
     lengths = [len(l) for l in text.splitlines()] or [0]
@@ -73,6 +74,7 @@ def quality_reason(text: str, lang: str, cfg: CurateConfig) -> tuple[str | None,
     if info["alphanum_fraction"] < cfg.min_alphanum_fraction: return "alphanum_fraction", info
     return None, info
 
+# %% ../nbs/01_curate.ipynb #491283b4
 def examine(item) -> tuple:
     "(reason, detail) for a removed item, or ('kept', record, exact hash, signature, PII counts)."
     source, path, group, license, file, content, reason, package = item
@@ -183,6 +185,7 @@ class Spool:
         if not self.sizes: return np.zeros((0, self.num_perm), dtype=np.uint32)
         return np.memmap(self.sig_path, dtype=np.uint32, mode="r", shape=(len(self.sizes), self.num_perm))
 
+# %% ../nbs/01_curate.ipynb #4012d381
 def examine_all(sources: list[Source], cfg: CurateConfig, spool: Spool) -> dict:
     "Pass 1: examine every item, count removals, drop exact duplicates, spool the rest; returns the counts."
     seen, removed, tasks, hashes = 0, Counter(), Counter(), set()
@@ -223,6 +226,7 @@ class ShardWriter:
         self._flush()
         if self.writer: self.writer.close()
 
+# %% ../nbs/01_curate.ipynb #4de120d5
 LINE_BINS = 21  # line lengths 0-9, 10-19, ..., 190-199, >= 200
 
 def write_splits(spool: Spool, keep: np.ndarray, split_codes: np.ndarray, folders: dict[str, Path], cfg: CurateConfig) -> np.ndarray:
@@ -255,6 +259,7 @@ def _remove_stale_spools(out: Path):
     "Delete the `.spool-<pid>` folders in `out` of curate processes that were killed."
     for folder, _ in stale_folders(out, ".spool-"): shutil.rmtree(folder, ignore_errors=True)
 
+# %% ../nbs/01_curate.ipynb #fa98fbea
 def split_codes(kept, keep: np.ndarray, cfg: CurateConfig) -> tuple[np.ndarray, dict]:
     "Split code (index into SPLITS) of each spooled file and the split of each group, from the bytes that `keep` keeps."
     group_bytes = Counter()
@@ -275,6 +280,7 @@ class Examined:
     split_of: dict
     write: object  # write(folders: dict[split, Path]) -> line-length histogram of the kept files
 
+# %% ../nbs/01_curate.ipynb #3bff76ce
 @contextmanager
 def local_engine(sources: list[Source], cfg: CurateConfig, out: Path):
     "The multiprocessing engine: examine into a spool in `out`, near dedup, splits; the spool is removed on exit."
@@ -293,6 +299,7 @@ def local_engine(sources: list[Source], cfg: CurateConfig, out: Path):
         del signatures
     finally: shutil.rmtree(spool_dir, ignore_errors=True)
 
+# %% ../nbs/01_curate.ipynb #227653de
 def _stats(cfg, sources, counts, kept_meta, keep, codes, split_of, hist) -> dict:
     removed = {r: int(counts["removed"].get(r, 0)) for r in REASONS}
     removed["near_duplicate"] = int((~keep).sum())
