@@ -131,6 +131,7 @@ def curated_shards(cfg: PackConfig, split: str) -> list[Path]:
     raise ConfigError(f"the curated {split!r} split in {folder} is empty; {need}, or rerun curate (force=True) with more sources "
                       "or with group_by=file, which holds out files rather than whole repositories")
 
+# %% ../nbs/04_pack.ipynb #59de0c4a
 def _write(ids: np.ndarray, fbin, fidx, offset: int, eot: int) -> int:
     "Append `ids` and the offsets of the documents starting in them; returns the new offset."
     ids.tofile(fbin); (offset + np.flatnonzero(ids == eot) + 1).astype(np.int64).tofile(fidx)
@@ -175,6 +176,7 @@ def pack_split(cfg: PackConfig, split: str, shards: list[Path], tok, out: Path) 
     atomic_write_text(out / f"{split}.json", json.dumps(meta, indent=2))
     return meta
 
+# %% ../nbs/04_pack.ipynb #5d53d7d5
 def pack(cfg: PackConfig) -> Path:
     "The pack stage: tokenize every split of the run into memory-mapped token files under `<run_dir>/tokens/`."
     if should_skip(cfg, "pack"): return stage_dir(cfg, "pack")

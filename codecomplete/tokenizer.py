@@ -185,6 +185,7 @@ def model_tokenizer(model_dir) -> Tokenizer:
     except TokenizerMismatchError as e:
         raise ConfigError(f"init_from: {e}. Fine-tune a model trained by codecomplete, or leave init_from empty") from None
 
+# %% ../nbs/02_tokenizer.ipynb #1e3ca3aa
 def train_tokenizer(cfg: TokenizerConfig) -> Path:
     "The tokenizer stage: train (or take `init_from`'s), save and report a code BPE for the run; returns `<run_dir>/tokenizer`."
     if should_skip(cfg, "tokenizer"): return stage_dir(cfg, "tokenizer")
@@ -226,6 +227,7 @@ def compression_report(cfg: TokenizerConfig, bpe: Tokenizer, baseline: Tokenizer
             "baseline": "GPT-2 ByteLevel pre-tokenizer, same data and vocab_size",
             "splits": splits, "sweep_split": sweep_split, "sweep": sweep}
 
+# %% ../nbs/02_tokenizer.ipynb #91ae63cf
 def plot_sweep(report: dict, path):
     "Save bytes per token against vocabulary size, code pre-tokenizer and baseline, as a PNG."
     import matplotlib; matplotlib.use("Agg")
