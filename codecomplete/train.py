@@ -51,6 +51,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         scale = grad_loss / ctx.n
         return grad_hidden * scale, grad_weight * scale, None, None, None
 
+# %% ../nbs/05_train.ipynb #b19f15ee
 def lm_loss(model, batch: torch.Tensor, chunk_tokens: int = 0) -> torch.Tensor:
     "Mean next-token cross-entropy (nats) of windows `(b, seq_len + 1)`, shifted here and only here; `chunk_tokens` as in `ChunkedLinearCrossEntropy` (0 = all at once)."
     from accelerate.utils import extract_model_from_parallel
@@ -67,6 +68,7 @@ def lr_factor(step: int, warmup: int, max_steps: int, min_ratio: float) -> float
     progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
+# %% ../nbs/05_train.ipynb #306aeea9
 class MuonAdamW(torch.optim.Optimizer):
     "`torch.optim.Muon` and `torch.optim.AdamW` over disjoint parameters, stepped, scheduled and saved as one optimizer."
     def __init__(self, muon: torch.optim.Muon, adamw: torch.optim.AdamW):
@@ -83,6 +85,7 @@ class MuonAdamW(torch.optim.Optimizer):
         self.muon.load_state_dict(state["muon"]); self.adamw.load_state_dict(state["adamw"])
         self.param_groups = self.muon.param_groups + self.adamw.param_groups  # loading makes new group dicts (Accelerate's prepare loads too)
 
+# %% ../nbs/05_train.ipynb #dd9a04c1
 def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     "Fused AdamW with weight decay on matrices only; with `cfg.optimizer='muon'`, Muon takes the hidden layers' matrices (`MuonAdamW`)."
     params = [p for p in model.parameters() if p.requires_grad]
@@ -205,6 +208,7 @@ def check_inputs(cfg: TrainConfig, world: int, tok) -> dict:
     if cfg.init_from: check_init_from(Path(cfg.init_from), tok, cfg.seq_len)
     return {**metas, "accum": cfg.accum_steps(world)}
 
+# %% ../nbs/05_train.ipynb #68cad93f
 def check_init_from(path: Path, tok, seq_len: int):
     "Raise `ConfigError` unless `path` holds a model whose vocabulary and positions suit this run."
     from transformers import AutoConfig, AutoTokenizer
@@ -396,6 +400,7 @@ def model_card(cfg: TrainConfig, config, plan: dict, step: int, loss: float | No
              "num_attention_heads", "num_key_value_heads", "intermediate_size", "max_position_embeddings")}, "train": cfg.to_dict()}, indent=2), "```"]
     return "\n".join(lines) + "\n"
 
+# %% ../nbs/05_train.ipynb #200217d6
 def save_final_model(acc, model, tok, cfg: TrainConfig, plan: dict, step: int, loss, evaluation):
     "Save weights (safetensors), tokenizer and model card to `<run_dir>/train/model` atomically."
     acc.wait_for_everyone()
