@@ -137,6 +137,7 @@ def _write(ids: np.ndarray, fbin, fidx, offset: int, eot: int) -> int:
     ids.tofile(fbin); (offset + np.flatnonzero(ids == eot) + 1).astype(np.int64).tofile(fidx)
     return offset + len(ids)
 
+# %% ../nbs/04_pack.ipynb #b3d7d7c4
 def pack_split(cfg: PackConfig, split: str, shards: list[Path], tok, out: Path) -> dict:
     "Tokenize one split into `<split>.bin` + `.idx` + `.json`, streaming, FIM per window on `fim_splits`; returns its metadata."
     import pyarrow.parquet as pq
