@@ -30,6 +30,7 @@ def _collect_params(args) -> dict:
         else: raise ConfigError(_split_words_hint(item))
     return params
 
+# %% ../nbs/10_cli.ipynb #a99809e9
 def _run(args) -> int:
     "`codecomplete run`: one job, or the pipeline."
     params = _collect_params(args)
@@ -46,6 +47,7 @@ def _config(args) -> int:
     print(f"# the run folder and force come from --run NAME (and --runs-root) and --force")
     return 0
 
+# %% ../nbs/10_cli.ipynb #a378313b
 def build_parser() -> argparse.ArgumentParser:
     "The `codecomplete` argument parser."
     parser = argparse.ArgumentParser(prog="codecomplete", description="Build a code-completion LLM end to end.")
@@ -82,6 +84,7 @@ def _add_complete_parser(sub):
     p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
     p.set_defaults(func=_complete)
 
+# %% ../nbs/10_cli.ipynb #dcd42acb
 def _read_source(file: str) -> str:
     "The text of `file` (`-` for stdin), or a `ConfigError` naming the file and the fix."
     if file == "-": return sys.stdin.read()
@@ -99,7 +102,6 @@ def _complete(args) -> int:
     sys.stdout.write(complete(prefix, suffix, model, tokenizer, args.max_new_tokens, args.temperature, args.top_p, args.stop))
     sys.stdout.flush()
     return 0
-
 
 # %% ../nbs/10_cli.ipynb #5e1c0a13
 def _add_serve_parser(sub):

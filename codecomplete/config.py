@@ -42,6 +42,7 @@ def load_yaml_params(path) -> dict:
     if not isinstance(data, dict): raise ConfigError(f"{path} must hold a mapping of key: value, not {type(data).__name__}")
     return data
 
+# %% ../nbs/00_config.ipynb #26d4ddc1
 _TRUE, _FALSE, _NULL = ("true", "yes", "on", "1"), ("false", "no", "off", "0"), ("null", "none", "~")
 
 def _coerce(key: str, value, tp):
@@ -91,6 +92,7 @@ def setting(default, doc: str = "", affects_output: bool = True, **kw):
         return field(default_factory=lambda: type(default)(default), metadata={"doc": doc, "affects_output": affects_output}, **kw)
     return field(default=default, metadata={"doc": doc, "affects_output": affects_output}, **kw)
 
+# %% ../nbs/00_config.ipynb #b84a5099
 @dataclass
 class StageConfig:
     "Base of every stage config: loads from dicts, YAML and `-p key=value`, rejects unknown keys, fingerprints itself."
@@ -177,11 +179,12 @@ UPSTREAM = {"curate": [], "tokenizer": ["curate"], "pack": ["curate", "tokenizer
             "ladder": ["tokenizer", "pack"]}
 MARKER = "_COMPLETE.json"
 
-def stage_dir(cfg: StageConfig, stage: str) -> Path:
-    "The folder where `stage` writes for the run `cfg.run_dir`."
+def stage_dir(run, stage: str) -> Path:
+    "The folder where `stage` writes in `run`: a stage config (its `run_dir`) or the run folder itself."
     if stage not in STAGE_DIRS: raise ConfigError(f"unknown stage {stage!r}; stages: {', '.join(STAGE_DIRS)}")
-    return Path(cfg.run_dir) / STAGE_DIRS[stage]
+    return Path(getattr(run, "run_dir", run)) / STAGE_DIRS[stage]
 
+# %% ../nbs/00_config.ipynb #02169007
 def atomic_write_text(path, text: str):
     "Write `text` to `path` through a temporary file and a rename, so readers never see half a file."
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
@@ -227,6 +230,7 @@ def should_skip(cfg: StageConfig, stage: str) -> bool:
     print(f"{stage}: finished with this config in {stage_dir(cfg, stage)}; skipping (pass force=True to redo)")
     return True
 
+# %% ../nbs/00_config.ipynb #f2a19f9d
 def begin_stage(cfg: StageConfig, stage: str) -> Path:
     "Create the stage folder, drop a stale marker and record the resolved config; returns the folder."
     out = stage_dir(cfg, stage); out.mkdir(parents=True, exist_ok=True)

@@ -13,17 +13,18 @@ import numpy as np
 import psutil
 import pyarrow as pa, pyarrow.parquet as pq
 from tqdm import tqdm
-from .config import (ConfigError, StageConfig, atomic_dir, atomic_write_text, begin_stage, finish_stage,
-                                 setting, should_skip, stage_dir)
+from .config import (atomic_dir, atomic_write_text, begin_stage, finish_stage,
+                                 should_skip, stage_dir)
 from .dedup import Decontaminator, MinHasher, content_hash, lsh_params, near_duplicates, normalize_ws, shingle_hashes, tokenize
 from .pii import PLACEHOLDERS, redact_pii
 from .datacard import write_card
-from .sources import EXTENSIONS, LANGUAGES, SITE_PACKAGES, Source, iter_items, language_of, resolve_sources
+from .sources import Source, iter_items, language_of, resolve_sources
+from .stages import CurateConfig
 
 # %% auto #0
-__all__ = ['DATA_LANGUAGES', 'SPLITS', 'REASONS', 'RECORD_SCHEMA', 'LINE_BINS', 'CurateConfig', 'quality_reason', 'examine',
-           'assign_splits', 'Spool', 'examine_all', 'ShardWriter', 'write_splits', 'EmptyDatasetError', 'stale_folders',
-           'split_codes', 'Examined', 'local_engine', 'curate']
+__all__ = ['DATA_LANGUAGES', 'SPLITS', 'REASONS', 'RECORD_SCHEMA', 'LINE_BINS', 'quality_reason', 'examine', 'assign_splits',
+           'Spool', 'examine_all', 'ShardWriter', 'write_splits', 'EmptyDatasetError', 'stale_folders', 'split_codes',
+           'Examined', 'local_engine', 'curate']
 
 # %% ../nbs/01_curate.ipynb #c1a500d5
 DATA_LANGUAGES = {"json", "yaml"}
@@ -31,69 +32,6 @@ SPLITS = ("train", "validation", "test")
 REASONS = ("unsupported_language", "language_not_selected", "symlink", "unreadable", "too_large", "binary", "undecodable", "undecodable_path",
            "malformed_record", "data_file_size", "auto_generated", "max_line_length", "avg_line_length", "alphanum_fraction",
            "contaminated", "exact_duplicate", "near_duplicate")
-
-# %% ../nbs/01_curate.ipynb #a89330e3
-@dataclass
-class CurateConfig(StageConfig):
-    "Settings of the curate stage."
-    sources: list[str] = setting([], "directories, git repositories, .jsonl/.jsonl.gz files, .parquet files or folders, or site-packages (the installed packages, each file with its package and licence); empty = the running Python's standard library")
-    dataset_name: str = setting("", "name of the dataset: the data card is <dataset_name>.md; '' = 'python-stdlib' for the default corpus (empty sources), 'python-site-packages' for sources=[site-packages] alone, else the run folder's name")
-    languages: list[str] = setting(LANGUAGES, "languages to keep (by file extension)")
-    license: str = setting("", "license of directory and git sources ('' = unknown); the default corpus is PSF-2.0, site-packages files take their package's")
-    content_column: str = setting("content", "JSONL/Parquet field holding the file text")
-    path_column: str = setting("path", "JSONL/Parquet field holding the file path (max_stars_repo_path is recognized too)")
-    repo_column: str = setting("", "JSONL/Parquet field naming the repository; '' = max_stars_repo_name, repo_name or repo when present")
-    max_files: int = setting(0, "stop after this many input files/records (0 = all); for quick runs")
-    max_file_bytes: int = setting(1_000_000, "drop files larger than this (checked with stat, before reading)")
-    max_line_length: int = setting(1000, "drop files with a longer line")
-    max_avg_line_length: float = setting(100.0, "drop files whose mean line length is larger")
-    min_alphanum_fraction: float = setting(0.25, "drop files with a smaller fraction of alphanumeric characters")
-    data_file_chars: list[int] = setting([50, 5000], "keep json/yaml files only with this many characters [min, max]")
-    auto_generated_lines: int = setting(5, "look for auto-generated markers in this many first lines")
-    redact_pii: bool = setting(True, "replace emails, public IPs, keys and passwords by placeholders")
-    decontaminate: bool = setting(True, "drop files containing a HumanEval prompt docstring or canonical solution")
-    decontaminate_min_chars: int = setting(40, "ignore HumanEval needles shorter than this (one-liners match innocent code)")
-    near_dedup: bool = setting(True, "drop near duplicates (MinHash LSH)")
-    near_dedup_threshold: float = setting(0.7, "Jaccard similarity above which two files are near duplicates")
-    num_perm: int = setting(256, "MinHash permutations")
-    shingle_size: int = setting(5, "tokens per shingle")
-    validation_fraction: float = setting(0.05, "target fraction of bytes in the validation split")
-    test_fraction: float = setting(0.05, "target fraction of bytes in the test split")
-    seed: int = setting(0, "seed of the MinHash permutations and the split assignment")
-    shard_bytes: int = setting(256_000_000, "content bytes per output parquet shard")
-    row_group_bytes: int = setting(16_000_000, "content bytes per parquet row group (bounds memory)")
-    num_workers: int = setting(0, "worker processes (0 = all cores)", affects_output=False)
-    group_by: str = setting("source", "unit of the split: 'source' (a repository, or a directory's top-level package) or 'file' (to hold out files of a single repository)")
-    engine: str = setting("local", "'local' (processes on this machine) or 'ray' (Ray Data: pip install 'codecomplete[ray]'); the same dataset either way", affects_output=False)
-    engine_address: str = setting("", "engine=ray: the Ray cluster to join (host:port, ray://host:port or 'auto'); '' = start a local Ray inside the run folder", affects_output=False)
-    card_dir: str = setting("", "also copy the data card here (e.g. data_cards); '' = only inside the run", affects_output=False)
-
-    def validate(self):
-        if not self.dataset_name:
-            run_name = re.sub(r"[^A-Za-z0-9._-]+", "-", Path(self.run_dir).absolute().name).strip("-._")
-            self.dataset_name = ("python-site-packages" if self.sources == [SITE_PACKAGES] else run_name or "dataset") if self.sources else "python-stdlib"
-        bad = [l for l in self.languages if l not in EXTENSIONS]
-        if bad: raise ConfigError(f"languages: unknown {bad}; choose from {', '.join(LANGUAGES)}")
-        if not self.languages: raise ConfigError("languages is empty; name at least one of " + ", ".join(LANGUAGES))
-        if self.engine not in ("local", "ray"): raise ConfigError(f"engine={self.engine!r}: use 'local' or 'ray'")
-        if self.engine_address and self.engine != "ray": raise ConfigError(f"engine_address={self.engine_address!r} needs engine=ray; set engine=ray or drop engine_address")
-        if self.group_by not in ("source", "file"): raise ConfigError(f"group_by={self.group_by!r}: use 'source' or 'file'")
-        if not 0 < self.validation_fraction < 1:
-            raise ConfigError(f"validation_fraction={self.validation_fraction} must be in (0, 1): the train stage needs a validation split; "
-                              "use e.g. 0.05, with group_by=file when the sources are a single repository")
-        if not 0 <= self.test_fraction < 1: raise ConfigError(f"test_fraction={self.test_fraction} must be in [0, 1) (0 = no test split)")
-        if self.validation_fraction + self.test_fraction >= 1: raise ConfigError("validation_fraction + test_fraction must be below 1 to leave a train split")
-        if not 0 < self.near_dedup_threshold <= 1: raise ConfigError(f"near_dedup_threshold={self.near_dedup_threshold} must be in (0, 1]")
-        if len(self.data_file_chars) != 2 or not 0 <= self.data_file_chars[0] <= self.data_file_chars[1]:
-            raise ConfigError(f"data_file_chars={self.data_file_chars} must be [min, max] with 0 <= min <= max")
-        for key in ("max_file_bytes", "num_perm", "shingle_size", "shard_bytes", "row_group_bytes"):
-            if getattr(self, key) <= 0: raise ConfigError(f"{key}={getattr(self, key)} must be positive")
-        self.check_ranges(("max_line_length", self.max_line_length >= 1, ">= 1"), ("max_avg_line_length", self.max_avg_line_length >= 1, ">= 1"),
-                          ("min_alphanum_fraction", 0 <= self.min_alphanum_fraction <= 1, "[0, 1] (0 = keep all)"),
-                          ("auto_generated_lines", self.auto_generated_lines >= 0, ">= 0 (0 = no check)"),
-                          ("decontaminate_min_chars", self.decontaminate_min_chars >= 1, ">= 1"),
-                          ("num_workers", self.num_workers >= 0, ">= 0 (0 = all cores)"), ("max_files", self.max_files >= 0, ">= 0 (0 = all)"))
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.dataset_name): raise ConfigError(f"dataset_name={self.dataset_name!r}: use letters, digits, '.', '_' and '-'")
 
 # %% ../nbs/01_curate.ipynb #d74f754f
 _AUTOGEN = re.compile(r"auto-generated|autogenerated|automatically generated", re.I)
@@ -122,6 +60,7 @@ def _read(file: str, limit: int) -> bytes | str:
     except OSError: return "unreadable"
     return "too_large" if len(data) > limit else data
 
+# %% ../nbs/01_curate.ipynb #9b7a85be
 def quality_reason(text: str, lang: str, cfg: CurateConfig) -> tuple[str | None, dict]:
     "The first quality filter `text` fails (or None) and its line statistics."
     lengths = [len(l) for l in text.splitlines()] or [0]
@@ -135,6 +74,7 @@ def quality_reason(text: str, lang: str, cfg: CurateConfig) -> tuple[str | None,
     if info["alphanum_fraction"] < cfg.min_alphanum_fraction: return "alphanum_fraction", info
     return None, info
 
+# %% ../nbs/01_curate.ipynb #491283b4
 def examine(item) -> tuple:
     "(reason, detail) for a removed item, or ('kept', record, exact hash, signature, PII counts)."
     source, path, group, license, file, content, reason, package = item
@@ -245,6 +185,7 @@ class Spool:
         if not self.sizes: return np.zeros((0, self.num_perm), dtype=np.uint32)
         return np.memmap(self.sig_path, dtype=np.uint32, mode="r", shape=(len(self.sizes), self.num_perm))
 
+# %% ../nbs/01_curate.ipynb #4012d381
 def examine_all(sources: list[Source], cfg: CurateConfig, spool: Spool) -> dict:
     "Pass 1: examine every item, count removals, drop exact duplicates, spool the rest; returns the counts."
     seen, removed, tasks, hashes = 0, Counter(), Counter(), set()
@@ -285,6 +226,7 @@ class ShardWriter:
         self._flush()
         if self.writer: self.writer.close()
 
+# %% ../nbs/01_curate.ipynb #4de120d5
 LINE_BINS = 21  # line lengths 0-9, 10-19, ..., 190-199, >= 200
 
 def write_splits(spool: Spool, keep: np.ndarray, split_codes: np.ndarray, folders: dict[str, Path], cfg: CurateConfig) -> np.ndarray:
@@ -317,6 +259,7 @@ def _remove_stale_spools(out: Path):
     "Delete the `.spool-<pid>` folders in `out` of curate processes that were killed."
     for folder, _ in stale_folders(out, ".spool-"): shutil.rmtree(folder, ignore_errors=True)
 
+# %% ../nbs/01_curate.ipynb #fa98fbea
 def split_codes(kept, keep: np.ndarray, cfg: CurateConfig) -> tuple[np.ndarray, dict]:
     "Split code (index into SPLITS) of each spooled file and the split of each group, from the bytes that `keep` keeps."
     group_bytes = Counter()
@@ -337,6 +280,7 @@ class Examined:
     split_of: dict
     write: object  # write(folders: dict[split, Path]) -> line-length histogram of the kept files
 
+# %% ../nbs/01_curate.ipynb #3bff76ce
 @contextmanager
 def local_engine(sources: list[Source], cfg: CurateConfig, out: Path):
     "The multiprocessing engine: examine into a spool in `out`, near dedup, splits; the spool is removed on exit."
@@ -355,6 +299,7 @@ def local_engine(sources: list[Source], cfg: CurateConfig, out: Path):
         del signatures
     finally: shutil.rmtree(spool_dir, ignore_errors=True)
 
+# %% ../nbs/01_curate.ipynb #227653de
 def _stats(cfg, sources, counts, kept_meta, keep, codes, split_of, hist) -> dict:
     removed = {r: int(counts["removed"].get(r, 0)) for r in REASONS}
     removed["near_duplicate"] = int((~keep).sum())

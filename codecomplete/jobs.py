@@ -31,11 +31,11 @@ class Job:
         return out
 
 JOBS = {
-    "curate": Job("01_curate.ipynb", (("curate", "codecomplete.curate:CurateConfig"),)),
-    "tokenizer": Job("02_tokenizer.ipynb", (("tokenizer", "codecomplete.tokenizer:TokenizerConfig"),)),
-    "train": Job("03_train.ipynb", (("pack", "codecomplete.pack:PackConfig"), ("train", "codecomplete.train:TrainConfig"))),
-    "evaluate": Job("04_evaluate.ipynb", (("evaluate", "codecomplete.evaluate:EvaluateConfig"),)),
-    "ladder": Job("05_ladder.ipynb", (("ladder", "codecomplete.scaling:LadderConfig"),)),
+    "curate": Job("01_curate.ipynb", (("curate", "codecomplete.stages:CurateConfig"),)),
+    "tokenizer": Job("02_tokenizer.ipynb", (("tokenizer", "codecomplete.stages:TokenizerConfig"),)),
+    "train": Job("03_train.ipynb", (("pack", "codecomplete.stages:PackConfig"), ("train", "codecomplete.stages:TrainConfig"))),
+    "evaluate": Job("04_evaluate.ipynb", (("evaluate", "codecomplete.stages:EvaluateConfig"),)),
+    "ladder": Job("05_ladder.ipynb", (("ladder", "codecomplete.stages:LadderConfig"),)),
 }
 PIPELINE = ["curate", "tokenizer", "train", "evaluate"]
 

@@ -4,46 +4,20 @@
 
 # %% ../nbs/03_model.ipynb #faada909
 from __future__ import annotations
-import difflib, math, warnings
+import math, warnings
 from contextlib import nullcontext
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from .config import ConfigError
+from .stages import PRESETS, SDPA_BACKENDS, attention_kernel, check_preset
 
 # %% auto #0
-__all__ = ['PRESETS', 'VOCAB_MULTIPLE', 'SDPA_BACKENDS', 'dial_preset', 'check_preset', 'padded_vocab_size', 'model_config',
-           'build_model', 'attention_backend', 'check_attention', 'shape_params', 'training_flops_per_token',
-           'count_params', 'flops_per_token', 'preset_table']
-
-# %% ../nbs/03_model.ipynb #70a09303
-PRESETS = {
-    "tiny":      dict(hidden_size=128,  num_hidden_layers=4,  num_attention_heads=4,  num_key_value_heads=2, intermediate_size=384,  max_position_embeddings=1024),
-    "cpu-small": dict(hidden_size=256,  num_hidden_layers=6,  num_attention_heads=8,  num_key_value_heads=4, intermediate_size=704,  max_position_embeddings=1024),
-    "125m":      dict(hidden_size=768,  num_hidden_layers=12, num_attention_heads=6,  num_key_value_heads=2, intermediate_size=2048, max_position_embeddings=2048),
-    "125m-hd64": dict(hidden_size=768,  num_hidden_layers=12, num_attention_heads=12, num_key_value_heads=4, intermediate_size=2048, max_position_embeddings=2048),
-    "350m":      dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=8,  num_key_value_heads=4, intermediate_size=2816, max_position_embeddings=2048),
-    "1b":        dict(hidden_size=2048, num_hidden_layers=22, num_attention_heads=16, num_key_value_heads=2, intermediate_size=5632, max_position_embeddings=2048),
-    "3b":        dict(hidden_size=2560, num_hidden_layers=32, num_attention_heads=20, num_key_value_heads=5, intermediate_size=8192, max_position_embeddings=2048),
-}
-VOCAB_MULTIPLE = 64
-
-def dial_preset(k: int) -> dict:
-    "The model dimensions of size-dial step `k`: width 32k, depth k + 1, heads of 32 dimensions."
-    if k < 1: raise ConfigError(f"dial-{k}: the size dial starts at dial-1")
-    return dict(hidden_size=32 * k, num_hidden_layers=k + 1, num_attention_heads=k, num_key_value_heads=k,
-                intermediate_size=96 * k, max_position_embeddings=2048)
-
-def check_preset(name: str) -> dict:
-    "The dimensions of preset `name` or of dial size `dial-<k>`, or a `ConfigError` listing the valid ones."
-    if name in PRESETS: return PRESETS[name]
-    if name.startswith("dial-"):
-        if not name[5:].isdigit(): raise ConfigError(f"model {name!r}: a dial size is dial-<integer>, e.g. dial-3")
-        return dial_preset(int(name[5:]))
-    close = difflib.get_close_matches(name, PRESETS, n=1)
-    raise ConfigError(f"unknown model preset {name!r}" + (f" (did you mean {close[0]!r}?)" if close else "")
-                      + f"; presets: {', '.join(PRESETS)}, or a dial size dial-<k>")
+__all__ = ['VOCAB_MULTIPLE', 'padded_vocab_size', 'model_config', 'build_model', 'attention_backend', 'check_attention',
+           'shape_params', 'training_flops_per_token', 'count_params', 'flops_per_token', 'preset_table']
 
 # %% ../nbs/03_model.ipynb #4741de59
+VOCAB_MULTIPLE = 64
+
 def padded_vocab_size(n: int, multiple: int = VOCAB_MULTIPLE) -> int:
     "`n` rounded up to a multiple of `multiple`."
     return math.ceil(n / multiple) * multiple
@@ -61,14 +35,11 @@ def build_model(config: LlamaConfig, device="cpu") -> LlamaForCausalLM:
     with torch.device(device): return LlamaForCausalLM._from_config(config, attn_implementation="sdpa")
 
 # %% ../nbs/03_model.ipynb #e1a7c002
-SDPA_BACKENDS = {"auto": None, "cudnn": "CUDNN_ATTENTION", "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "math": "MATH"}
-
 def attention_backend(name: str):
     "A context that restricts scaled-dot-product attention to kernel `name` (one of `SDPA_BACKENDS`; 'auto' leaves PyTorch's choice)."
-    if name not in SDPA_BACKENDS: raise ConfigError(f"attention={name!r}: use one of {', '.join(SDPA_BACKENDS)}")
-    if name == "auto": return nullcontext()
+    if (kernel := attention_kernel(name)) is None: return nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
-    return sdpa_kernel(getattr(SDPBackend, SDPA_BACKENDS[name]))
+    return sdpa_kernel(getattr(SDPBackend, kernel))
 
 def _sdpa_runs(name: str, heads: int, kv_heads: int, head_dim: int, device, dtype) -> bool:
     "Whether kernel `name` runs a causal forward and backward with this head layout."

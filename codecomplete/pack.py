@@ -5,17 +5,17 @@
 # %% ../nbs/04_pack.ipynb #cda2c41b
 from __future__ import annotations
 import hashlib, json, os, random
-from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
 import torch
-from .config import (ConfigError, StageConfig, setting, stage_dir, should_skip, begin_stage, finish_stage,
+from .config import (ConfigError, stage_dir, should_skip, begin_stage, finish_stage,
                                  atomic_write_text)
-from .tokenizer import SPECIAL_TOKENS, backend, encode_texts, split_shards
+from .stages import PackConfig, SPECIAL_TOKENS
+from .tokenizer import backend, encode_texts, split_shards
 
 # %% auto #0
 __all__ = ['sample_run', 'load_run_tokenizer', 'special_ids', 'text_encoder', 'window_rng', 'fim_cut', 'fit_fim', 'assemble',
-           'PackConfig', 'fim_windows', 'fim_share', 'token_dtype', 'curated_shards', 'pack_split', 'pack', 'read_meta',
+           'fim_windows', 'fim_share', 'token_dtype', 'curated_shards', 'pack_split', 'pack', 'read_meta',
            'open_tokens', 'doc_starts', 'TokenLoader']
 
 # %% ../nbs/04_pack.ipynb #34819c77
@@ -35,23 +35,23 @@ def sample_run(run_dir, n_files: int = 40, vocab_size: int = 1024) -> Path:
     root = Path(os.__file__).parent
     files = sorted(p for p in root.glob("*.py") if 2_000 < p.stat().st_size < 60_000)[:n_files]
     cut = {"train": files[:-4], "validation": files[-4:-2], "test": files[-2:]}
-    run_dir = Path(run_dir)
+    run_dir, data = Path(run_dir), stage_dir(run_dir, "curate")
     for split, paths in cut.items():
-        (run_dir / "data" / split).mkdir(parents=True, exist_ok=True)
-        pq.write_table(pa.Table.from_pylist([_record(p, root, p.stem) for p in paths]), run_dir / "data" / split / "part-00000.parquet")
+        (data / split).mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist([_record(p, root, p.stem) for p in paths]), data / split / "part-00000.parquet")
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer, bpe.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
     bpe.train_from_iterator((p.read_text() for p in cut["train"]), trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>", bos_token="<|endoftext|>", pad_token="<|pad|>",
-                            additional_special_tokens=SPECIAL_TOKENS[2:]).save_pretrained(run_dir / "tokenizer")
+                            additional_special_tokens=SPECIAL_TOKENS[2:]).save_pretrained(stage_dir(run_dir, "tokenizer"))
     return run_dir
 
 # %% ../nbs/04_pack.ipynb #e747392b
 def load_run_tokenizer(run_dir):
     "The run's tokenizer (`<run_dir>/tokenizer`), checked by `codecomplete.tokenizer.load_tokenizer` for its special tokens."
     from codecomplete.tokenizer import load_tokenizer
-    return load_tokenizer(Path(run_dir) / "tokenizer")
+    return load_tokenizer(stage_dir(run_dir, "tokenizer"))
 
 def special_ids(tok) -> dict:
     "Ids of `<|endoftext|>`, the three FIM sentinels and `<fim_pad>`, by short name."
@@ -88,26 +88,6 @@ def assemble(layout: str, parts: list[list[int]], sp: dict) -> list[int]:
     prefix, middle, suffix = parts
     if layout == "psm": return [sp["prefix"], *prefix, sp["suffix"], *suffix, sp["middle"], *middle]
     return [sp["prefix"], sp["suffix"], *suffix, sp["middle"], *prefix, *middle]
-
-# %% ../nbs/04_pack.ipynb #2a3625b9
-@dataclass
-class PackConfig(StageConfig):
-    "Settings of the pack stage."
-    splits: list = setting(["train", "validation", "test"], "splits to pack; each needs data/<split>/*.parquet")
-    seq_len: int = setting(256, "tokens per training window, FIM applied inside each; the train stage's seq_len")
-    fim_rate: float = setting(0.5, "chance that a document piece of a training window becomes a fill-in-the-middle example")
-    fim_spm_rate: float = setting(0.5, "fraction of FIM examples in SPM order (the others PSM)")
-    fim_splits: list = setting(["train"], "splits that get FIM; held-out splits stay plain so bits per byte stay comparable")
-    seed: int = setting(0, "seed of the per-window FIM choices")
-    batch_docs: int = setting(512, "documents tokenized per batch; bounds memory", affects_output=False)
-
-    def validate(self):
-        for key in ("fim_rate", "fim_spm_rate"):
-            if not 0 <= getattr(self, key) <= 1: raise ConfigError(f"{key}={getattr(self, key)} must lie between 0 and 1")
-        if extra := [s for s in self.fim_splits if s not in self.splits]:
-            raise ConfigError(f"fim_splits {extra} are not among splits {self.splits}; add them to splits or drop them")
-        if self.batch_docs < 1: raise ConfigError(f"batch_docs={self.batch_docs} must be at least 1")
-        if self.seq_len < 16: raise ConfigError(f"seq_len={self.seq_len} leaves no room for FIM examples; use at least 16 (the train stage's seq_len)")
 
 # %% ../nbs/04_pack.ipynb #5b1e0f3a
 def fim_windows(windows: list[np.ndarray], first: int, split: str, cfg: PackConfig, tok, sp: dict) -> np.ndarray:
@@ -151,11 +131,13 @@ def curated_shards(cfg: PackConfig, split: str) -> list[Path]:
     raise ConfigError(f"the curated {split!r} split in {folder} is empty; {need}, or rerun curate (force=True) with more sources "
                       "or with group_by=file, which holds out files rather than whole repositories")
 
+# %% ../nbs/04_pack.ipynb #59de0c4a
 def _write(ids: np.ndarray, fbin, fidx, offset: int, eot: int) -> int:
     "Append `ids` and the offsets of the documents starting in them; returns the new offset."
     ids.tofile(fbin); (offset + np.flatnonzero(ids == eot) + 1).astype(np.int64).tofile(fidx)
     return offset + len(ids)
 
+# %% ../nbs/04_pack.ipynb #b3d7d7c4
 def pack_split(cfg: PackConfig, split: str, shards: list[Path], tok, out: Path) -> dict:
     "Tokenize one split into `<split>.bin` + `.idx` + `.json`, streaming, FIM per window on `fim_splits`; returns its metadata."
     import pyarrow.parquet as pq
@@ -195,6 +177,7 @@ def pack_split(cfg: PackConfig, split: str, shards: list[Path], tok, out: Path) 
     atomic_write_text(out / f"{split}.json", json.dumps(meta, indent=2))
     return meta
 
+# %% ../nbs/04_pack.ipynb #5d53d7d5
 def pack(cfg: PackConfig) -> Path:
     "The pack stage: tokenize every split of the run into memory-mapped token files under `<run_dir>/tokens/`."
     if should_skip(cfg, "pack"): return stage_dir(cfg, "pack")

@@ -101,6 +101,7 @@ def gpu_of_device(device_name: str) -> GPU | None:
     "The `GPU` whose CUDA name is exactly `device_name`, or None for a card the table does not know."
     return next((g for g in GPUS.values() if device_name in g.device_names), None)
 
+# %% ../nbs/08b_plan.ipynb #15049592
 def needed_bytes(allocated: float) -> float:
     "Device memory a peak of `allocated` bytes (PyTorch's count) needs, with context and fragmentation."
     return allocated * (1 + FRAGMENTATION) + CONTEXT_BYTES
@@ -304,6 +305,7 @@ def _advice(shape: ModelShape, gpu: GPU, precision: str) -> str:
     if big: tips.append(f"one {big} per process with DDP and activation checkpointing")
     return "; or ".join(tips) if tips else "no setup in this table fits; shard the model further (tensor or pipeline parallelism)"
 
+# %% ../nbs/08b_plan.ipynb #80e479e7
 def plan(model, tokens: float, gpu: str = "H100-80GB", n_gpus: int = 1, price_per_gpu_hour: float = 0.0, mfu: float = 0.4,
          micro_batch: int | None = None, strategy: str | None = None, checkpointing: bool | None = None,
          precision: str = "bf16", vocab: int = 32768, seq: int | None = None) -> Plan:
@@ -356,6 +358,7 @@ class Network:
         if n_gpus <= self.gpus_per_node: return self.intra
         return min(self.intra, self.inter_gbps * 1e9 / 8 * self.efficiency / self.gpus_per_node)
 
+# %% ../nbs/08b_plan.ipynb #9c3001d5
 def cluster_step(shape: ModelShape, gpu: GPU, n_gpus: int, micro_batch: int, accum: int = 1, strategy: str = "fsdp",
                  network: Network = Network(), mfu: float = 0.45) -> dict:
     "Compute, communication, exposed communication, step time and MFU of one optimizer step at `n_gpus` (`mfu`: one node's compute MFU)."

@@ -6,7 +6,7 @@
 from __future__ import annotations
 import json, math, shutil, time
 from pathlib import Path
-from .config import STAGE_DIRS
+from .config import MARKER, stage_dir
 
 # %% auto #0
 __all__ = ['IDIOM', 'plot_training', 'write_report']
@@ -46,7 +46,7 @@ def _data_section(stats: dict, run_dir: Path) -> list[str]:
     removed = ", ".join(f"{k} {v}" for k, v in sorted(stats.get("removed", {}).items(), key=lambda kv: -kv[1]) if v)
     pii = ", ".join(f"{k} {v}" for k, v in stats.get("pii_replacements", {}).items())
     rows += [("removed, by reason", removed or "none"), ("PII replaced", pii or "none")]
-    card = next((run_dir / "data" / "card").glob("*.md"), None) if (run_dir / "data" / "card").exists() else None
+    card = next((stage_dir(run_dir, "curate") / "card").glob("*.md"), None)
     out = ["## Data", "", _table(rows, ("dataset " + stats.get("dataset", ""), ""))]
     if card: out += ["", f"Data card: `{card.relative_to(run_dir)}`."]
     return out
@@ -61,8 +61,8 @@ def _vocab_section(report: dict, run_dir: Path, assets: Path) -> list[str]:
     out = ["## Vocabulary", "", f"Byte-level BPE, {report['vocab_size']:,} tokens{origin}; bytes per token on held-out splits against a baseline "
            "(GPT-2 pre-tokenization, same data and size):", "",
            _table(rows, ("split", "language", "files", "bytes/token", "baseline bytes/token", "tokens/line"))]
-    if (run_dir / "tokenizer" / "compression.png").exists():
-        shutil.copy(run_dir / "tokenizer" / "compression.png", assets / "compression.png")
+    if (stage_dir(run_dir, "tokenizer") / "compression.png").exists():
+        shutil.copy(stage_dir(run_dir, "tokenizer") / "compression.png", assets / "compression.png")
         out += ["", "![compression against vocabulary size](report/compression.png)"]
     return out
 
@@ -86,8 +86,8 @@ def _eval_section(results: dict, run_dir: Path, assets: Path) -> list[str]:
     rows += [(f"HumanEval {k} ({he.get('problems')} problems, n={he.get('samples_per_problem')})", f"{v:.3f}") for k, v in he.items() if k.startswith("pass@")]
     if "fim" in results: rows.append((f"FIM single-line exact match ({results['fim']['cases']} cases)", f"{results['fim']['exact_match']:.3f}"))
     out = ["## Evaluation", "", _table(rows, ("metric", "value"))]
-    if (run_dir / "eval" / "summary.png").exists():
-        shutil.copy(run_dir / "eval" / "summary.png", assets / "evaluation.png")
+    if (stage_dir(run_dir, "evaluate") / "summary.png").exists():
+        shutil.copy(stage_dir(run_dir, "evaluate") / "summary.png", assets / "evaluation.png")
         out += ["", "![evaluation](report/evaluation.png)"]
     return out
 
@@ -104,15 +104,15 @@ def write_report(run_dir, with_completion: bool = True) -> Path:
     if not run_dir.is_dir(): raise FileNotFoundError(f"run folder {run_dir} does not exist; run the pipeline first")
     assets = run_dir / "report"; assets.mkdir(exist_ok=True)
     lines = [f"# Run report: {run_dir.name}", "", f"Written {time.strftime('%Y-%m-%d %H:%M')} from the artifacts in `{run_dir}`.", ""]
-    stats, vocab = _load(run_dir / "data" / "stats.json"), _load(run_dir / "tokenizer" / "report.json")
-    log, marker = _load(run_dir / "train" / "log.jsonl"), _load(run_dir / "train" / "_COMPLETE.json")
-    results = _load(run_dir / "eval" / "results.json")
+    stats, vocab = _load(stage_dir(run_dir, "curate") / "stats.json"), _load(stage_dir(run_dir, "tokenizer") / "report.json")
+    log, marker = _load(stage_dir(run_dir, "train") / "log.jsonl"), _load(stage_dir(run_dir, "train") / MARKER)
+    results = _load(stage_dir(run_dir, "evaluate") / "results.json")
     missing = [s for s, art in (("curate", stats), ("tokenizer", vocab), ("train", log), ("evaluate", results)) if art is None]
     if stats: lines += _data_section(stats, run_dir) + [""]
     if vocab: lines += _vocab_section(vocab, run_dir, assets) + [""]
     if log: lines += _training_section(log, marker, assets) + [""]
     if results: lines += _eval_section(results, run_dir, assets) + [""]
-    if with_completion and (run_dir / "train" / "model" / "config.json").exists(): lines += _completion_section(run_dir / "train" / "model") + [""]
+    if with_completion and (stage_dir(run_dir, "train") / "model" / "config.json").exists(): lines += _completion_section(stage_dir(run_dir, "train") / "model") + [""]
     if missing: lines += ["## Not run yet", "", "No artifacts yet from: " + ", ".join(missing) + ".", ""]
     out = run_dir / "report.md"
     out.write_text("\n".join(lines))

@@ -213,6 +213,7 @@ def _env(tmp: str) -> dict:
     return {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": tmp, "TMPDIR": tmp, "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8",
             "PYTHONIOENCODING": "utf-8"}
 
+# %% ../nbs/06a_sandbox.ipynb #0e9e93b2
 def _read_until(proc, pipes: dict, caps: dict, deadline: float, on_exit) -> bool:
     "Drain `pipes` into capped buffers until the driver exits and the pipes close, or `deadline`; True if it exited in time."
     sel = selectors.DefaultSelector()

@@ -8,14 +8,14 @@ import json, math, os
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
-from .config import (ConfigError, StageConfig, atomic_write_text, begin_stage, finish_stage,
-                                 setting, should_skip, stage_dir)
-from .model import check_preset
+from .config import (ConfigError, atomic_write_text, begin_stage, finish_stage,
+                                 should_skip, stage_dir)
 from .plan import ModelShape
+from .stages import LadderConfig
 
 # %% auto #0
-__all__ = ['AXES', 'power_law', 'PowerLawFit', 'fit_power_law', 'LadderConfig', 'rung_plan', 'train_rung', 'fit_ladder',
-           'predict_rungs', 'plot_ladder', 'ladder']
+__all__ = ['AXES', 'power_law', 'PowerLawFit', 'fit_power_law', 'rung_plan', 'train_rung', 'fit_ladder', 'predict_rungs',
+           'plot_ladder', 'ladder']
 
 # %% ../nbs/08_scaling.ipynb #3d20874c
 def power_law(x, a, b, c):
@@ -55,31 +55,6 @@ def fit_power_law(x, y) -> PowerLawFit:
     p0 = [max(y.max() - 0.9 * y.min(), 1e-6), 0.3, 0.9 * y.min()]
     params, cov = curve_fit(power_law, x / x0, y, p0=p0, bounds=([0, 1e-4, 0], [np.inf, 5, y.min()]), maxfev=20000)
     return PowerLawFit(*map(float, params), float(x0), np.nan_to_num(cov, nan=0.0, posinf=1e6).tolist())
-
-# %% ../nbs/08_scaling.ipynb #c5957f58
-@dataclass
-class LadderConfig(StageConfig):
-    "A scaling ladder: models trained with one recipe, fitted, and a prediction for larger ones."
-    models: list = setting(["dial-1", "dial-2", "dial-3", "dial-4"], "rungs: preset names or dial-<k> sizes, smallest first")
-    tokens_per_param: float = setting(4.0, "training tokens per parameter of each rung (parameters in matmuls)")
-    predict: list = setting(["dial-6"], "larger models whose validation bits per byte the fit predicts")
-    check_prediction: bool = setting(False, "also train the predicted models and compare")
-    seq_len: int = setting(64, "tokens per training sequence")
-    micro_batch: int = setting(8, "sequences per forward pass")
-    batch_tokens: int = setting(512, "tokens per optimizer step")
-    lr: float = setting(3e-3, "peak learning rate of every rung")
-    warmup_fraction: float = setting(0.1, "fraction of each rung's steps spent warming up")
-    min_steps: int = setting(8, "fewest optimizer steps of a rung")
-    eval_batches: int = setting(8, "validation micro-batches per evaluation", affects_output=False)
-    seed: int = setting(0, "seed of every rung")
-
-    def validate(self):
-        if len(self.models) < 4: raise ConfigError(f"models={self.models}: a fit of L = a*C^-b + c needs at least 4 rungs")
-        for name in self.models + self.predict: check_preset(name)
-        if len(set(self.models)) < len(self.models): raise ConfigError(f"models={self.models} repeats a model")
-        if self.tokens_per_param <= 0: raise ConfigError(f"tokens_per_param={self.tokens_per_param} must be positive")
-        if not 0 <= self.warmup_fraction < 1: raise ConfigError(f"warmup_fraction={self.warmup_fraction} must be in [0, 1)")
-        if self.min_steps < 2: raise ConfigError(f"min_steps={self.min_steps} must be at least 2")
 
 # %% ../nbs/08_scaling.ipynb #fbdb0f49
 def rung_plan(cfg: LadderConfig, model: str, vocab: int) -> dict:

@@ -49,6 +49,7 @@ def default_corpus() -> Source:
     stdlib = Path(sysconfig.get_paths()["stdlib"])
     return Source("python-stdlib", "dir", stdlib, "PSF-2.0", skip_dirs=frozenset({"__pycache__", ".git", "site-packages", "dist-packages"}))
 
+# %% ../nbs/01e_sources.ipynb #253fec26
 def _git_files(src: Source):
     proc = subprocess.run(["git", "-c", "safe.directory=*", "-C", str(src.path), "ls-files", "-z"], capture_output=True)
     if proc.returncode: raise ConfigError(f"source {src.path}: git ls-files failed ({proc.stderr.decode(errors='replace').strip()}); is it a valid repository?")
@@ -70,6 +71,7 @@ def _check_parquet(path: Path, cfg: CurateConfig):
         if not {cfg.path_column, *_STACK_PATHS} & set(names):
             raise ConfigError(f"source {f}: no {cfg.path_column!r} column (columns: {', '.join(names)}); set path_column to the column holding file paths")
 
+# %% ../nbs/01e_sources.ipynb #65194adc
 def resolve_source(text: str, cfg: CurateConfig) -> Source:
     "Check one source string and say what it is, or raise `ConfigError` naming the problem and the fix."
     path = Path(text).expanduser()
@@ -129,6 +131,7 @@ def site_packages() -> list[Source]:
                                     "install packages into this environment or remove it from sources")
     return found
 
+# %% ../nbs/01e_sources.ipynb #21ad0b45
 def resolve_sources(cfg: CurateConfig) -> list[Source]:
     "Every configured source, resolved (the default corpus when `sources` is empty; the preset `site-packages` expanded)."
     if not cfg.sources: return [default_corpus()]
@@ -182,6 +185,7 @@ def _record_item(src: Source, rec, cfg: CurateConfig, where: str):
     if reason is None and len(content) > cfg.max_file_bytes: reason = "too_large"
     return Item(src.name, path, group, license, None, None if reason else content, reason)
 
+# %% ../nbs/01e_sources.ipynb #e81d5b3c
 def _jsonl_lines(path: Path):
     lineno = 0
     try:
@@ -205,6 +209,7 @@ def _parquet_items(src: Source, cfg: CurateConfig):
         for batch in pq.ParquetFile(f).iter_batches(batch_size=64, columns=wanted):
             for i, rec in enumerate(batch.to_pylist()): yield _record_item(src, rec, cfg, f"{f.name}:{i}")
 
+# %% ../nbs/01e_sources.ipynb #b560ec9e
 def iter_items(sources: list[Source], cfg: CurateConfig):
     "Every input item of `sources`, in a fixed order, up to `cfg.max_files`."
     n = 0

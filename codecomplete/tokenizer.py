@@ -5,25 +5,22 @@
 # %% ../nbs/02_tokenizer.ipynb #49f2f6fa
 from __future__ import annotations
 import json, math, os, shutil
-from dataclasses import dataclass
 from pathlib import Path
 import pyarrow.parquet as pq
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-from .config import (ConfigError, StageConfig, setting, stage_dir, should_skip, begin_stage, finish_stage,
+from .config import (ConfigError, stage_dir, should_skip, begin_stage, finish_stage,
                      atomic_write_text, MARKER)
+from .stages import MIN_VOCAB, SPECIAL_TOKENS, TokenizerConfig, check_vocab_size
 
 # %% auto #0
-__all__ = ['SPECIAL_TOKENS', 'FIM_TOKENS', 'MIN_VOCAB', 'WORD', 'CODE_PATTERN', 'new_bpe', 'split_shards', 'iter_batches',
-           'train_bpe', 'backend', 'encode_texts', 'as_transformers', 'save_tokenizer', 'TokenizerMismatchError',
-           'load_tokenizer', 'truncate', 'sweep_sizes', 'count_lines', 'measure', 'TokenizerConfig', 'texts_of',
-           'curated_shards', 'model_tokenizer', 'train_tokenizer', 'compression_report', 'plot_sweep',
-           'compression_table']
+__all__ = ['FIM_TOKENS', 'WORD', 'CODE_PATTERN', 'new_bpe', 'split_shards', 'iter_batches', 'train_bpe', 'backend',
+           'encode_texts', 'as_transformers', 'save_tokenizer', 'TokenizerMismatchError', 'load_tokenizer', 'truncate',
+           'sweep_sizes', 'count_lines', 'measure', 'texts_of', 'curated_shards', 'model_tokenizer', 'train_tokenizer',
+           'compression_report', 'plot_sweep', 'compression_table']
 
 # %% ../nbs/02_tokenizer.ipynb #11be4c99
-SPECIAL_TOKENS = ["<|endoftext|>", "<|pad|>", "<fim_prefix>", "<fim_middle>", "<fim_suffix>", "<fim_pad>"]
 FIM_TOKENS = {"fim_prefix_token": "<fim_prefix>", "fim_middle_token": "<fim_middle>",
               "fim_suffix_token": "<fim_suffix>", "fim_pad_token": "<fim_pad>"}
-MIN_VOCAB = 256 + len(SPECIAL_TOKENS)
 
 # %% ../nbs/02_tokenizer.ipynb #4fc38637
 WORD = r"[\p{L}_][\p{L}\p{M}\p{N}_]*"
@@ -69,9 +66,7 @@ def iter_batches(shards, columns=("content",), batch_rows: int = 1024):
 # %% ../nbs/02_tokenizer.ipynb #5af2dff9
 def train_bpe(texts, vocab_size: int, pattern: str | None = CODE_PATTERN) -> Tokenizer:
     "Train a byte-level BPE of `vocab_size` tokens (special tokens included) on an iterable of texts or lists of texts."
-    if vocab_size < MIN_VOCAB:
-        raise ConfigError(f"vocab_size={vocab_size} is below the 256 byte symbols plus {len(SPECIAL_TOKENS)} special tokens; "
-                          f"use at least {MIN_VOCAB}")
+    check_vocab_size(vocab_size)
     tok = new_bpe(pattern)
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
@@ -167,18 +162,6 @@ def measure(toks: dict, shards) -> dict:
             s[f"{name}_tokens_per_line"] = round(s[f"{name}_tokens"] / max(1, s["lines"]), 3)
     return stats
 
-# %% ../nbs/02_tokenizer.ipynb #30dbc149
-@dataclass
-class TokenizerConfig(StageConfig):
-    "Config of the tokenizer stage: a byte-level BPE trained on `<run_dir>/data/train`, written to `<run_dir>/tokenizer/`."
-    vocab_size: int = setting(32768, "tokens in the vocabulary, the 6 special tokens and 256 byte symbols included; ignored with init_from")
-    init_from: str = setting("", "model folder (HF format) to continue from, as the train stage's init_from: its tokenizer becomes the run's, no vocabulary is trained; empty = train one")
-
-    def validate(self):
-        if self.vocab_size < MIN_VOCAB:
-            raise ConfigError(f"vocab_size={self.vocab_size} is below the 256 byte symbols plus {len(SPECIAL_TOKENS)} "
-                              f"special tokens; use at least {MIN_VOCAB}")
-
 # %% ../nbs/02_tokenizer.ipynb #27bb2e2c
 def texts_of(shards):
     "Stream the `content` lists of `shards` (batches of texts, what `train_from_iterator` takes)."
@@ -202,6 +185,7 @@ def model_tokenizer(model_dir) -> Tokenizer:
     except TokenizerMismatchError as e:
         raise ConfigError(f"init_from: {e}. Fine-tune a model trained by codecomplete, or leave init_from empty") from None
 
+# %% ../nbs/02_tokenizer.ipynb #1e3ca3aa
 def train_tokenizer(cfg: TokenizerConfig) -> Path:
     "The tokenizer stage: train (or take `init_from`'s), save and report a code BPE for the run; returns `<run_dir>/tokenizer`."
     if should_skip(cfg, "tokenizer"): return stage_dir(cfg, "tokenizer")
@@ -243,6 +227,7 @@ def compression_report(cfg: TokenizerConfig, bpe: Tokenizer, baseline: Tokenizer
             "baseline": "GPT-2 ByteLevel pre-tokenizer, same data and vocab_size",
             "splits": splits, "sweep_split": sweep_split, "sweep": sweep}
 
+# %% ../nbs/02_tokenizer.ipynb #91ae63cf
 def plot_sweep(report: dict, path):
     "Save bytes per token against vocabulary size, code pre-tokenizer and baseline, as a PNG."
     import matplotlib; matplotlib.use("Agg")

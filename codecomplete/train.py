@@ -6,94 +6,22 @@
 from __future__ import annotations
 import argparse, hashlib, json, math, os, shutil, signal, socket, sys, time, warnings
 from contextlib import nullcontext
-from dataclasses import dataclass
 from pathlib import Path
 import torch
-from .config import (ConfigError, StageConfig, setting, stage_dir, should_skip, begin_stage, finish_stage,
+from .config import (ConfigError, stage_dir, should_skip, begin_stage, finish_stage,
                                  upstream_state, atomic_dir, atomic_write_text, parse_params)
-from .model import (check_preset, model_config, build_model, count_params, flops_per_token, padded_vocab_size,
+from .model import (model_config, build_model, count_params, flops_per_token, padded_vocab_size,
                                 attention_backend, check_attention)
+from .stages import TrainConfig
 from .pack import TokenLoader, load_run_tokenizer, read_meta
 from .plan import gpu_of_device
 from .distributed import StopSignal, forget_accelerator_state, is_sharded, make_accelerator
 
 # %% auto #0
-__all__ = ['TrainConfig', 'ChunkedLinearCrossEntropy', 'lm_loss', 'lr_factor', 'MuonAdamW', 'make_optimizer', 'device_peak_flops',
+__all__ = ['ChunkedLinearCrossEntropy', 'lm_loss', 'lr_factor', 'MuonAdamW', 'make_optimizer', 'device_peak_flops',
            'write_manifest', 'checkpoint_problem', 'newest_valid_checkpoint', 'save_checkpoint', 'RunLog', 'read_log',
            'check_inputs', 'check_init_from', 'check_attention_kernel', 'checkpoint_identity', 'resume_or_start_over',
            'evaluate_loss', 'bits_per_byte', 'train', 'launch', 'model_card', 'save_final_model', 'main']
-
-# %% ../nbs/05_train.ipynb #b9bcf6ba
-@dataclass
-class TrainConfig(StageConfig):
-    "Settings of the train stage."
-    preset: str = setting("tiny", "model shape (codecomplete.model.PRESETS); ignored with init_from")
-    init_from: str = setting("", "model folder (HF format) to continue from, e.g. to fine-tune on your own code; empty = fresh weights")
-    seq_len: int = setting(256, "tokens per training sequence")
-    micro_batch: int = setting(8, "sequences per process per forward pass")
-    batch_tokens: int = setting(4096, "global batch in tokens per optimizer step, over all processes and accumulation")
-    max_steps: int = setting(200, "optimizer steps")
-    lr: float = setting(1e-3, "peak learning rate")
-    min_lr_ratio: float = setting(0.1, "final learning rate as a fraction of lr (cosine decay)")
-    warmup_steps: int = setting(20, "steps of linear warmup")
-    weight_decay: float = setting(0.1, "AdamW weight decay of the matrices (not of norms)")
-    beta1: float = setting(0.9, "AdamW beta1")
-    beta2: float = setting(0.95, "AdamW beta2")
-    optimizer: str = setting("adamw", "'adamw', or 'muon': torch.optim.Muon for the hidden layers' matrices, AdamW for embeddings, output head and norms")
-    muon_lr: float = setting(0.0, "peak learning rate of Muon's matrices with optimizer=muon (AdamW's groups keep lr); 0 = lr")
-    loss_chunk_tokens: int = setting(8192, "tokens per chunk of the output projection + cross-entropy, so fp32 logits exist for one chunk at a time; 0 = the whole micro-batch", affects_output=False)
-    grad_clip: float = setting(1.0, "clip the global gradient norm to this; 0 = off")
-    seed: int = setting(0, "seed of the weights and of the data order")
-    precision: str = setting("auto", "'auto' (bf16 autocast on GPU, fp32 on CPU), 'bf16' or 'fp32'")
-    eval_every: int = setting(100, "steps between validation evaluations (and at the end)", affects_output=False)
-    eval_batches: int = setting(8, "micro-batches per process per validation evaluation", affects_output=False)
-    save_every: int = setting(100, "steps between checkpoints", affects_output=False)
-    keep_checkpoints: int = setting(2, "newest checkpoints kept", affects_output=False)
-    log_every: int = setting(10, "steps between log lines (each costs one device sync)", affects_output=False)
-    stop_at_step: int = setting(0, "stop with a checkpoint after this step, unfinished (rerun to continue); 0 = run to max_steps", affects_output=False)
-    compile: bool = setting(False, "torch.compile the model (mode: env ACCELERATE_DYNAMO_MODE, e.g. max-autotune; default 'default')", affects_output=False)
-    attention: str = setting("auto", "scaled-dot-product attention kernel: auto (PyTorch's choice), cudnn, flash, efficient or math", affects_output=False)
-    activation_checkpointing: bool = setting(False, "recompute activations in the backward pass to save memory", affects_output=False)
-    distributed: str = setting("ddp", "'ddp' (replicate the model) or 'fsdp' (shard it) when several processes run", affects_output=False)
-    num_processes: int = setting(1, "processes to start on this machine with accelerate.notebook_launcher from a notebook or job; leave 1 under `accelerate launch`", affects_output=False)
-    peak_tflops: float = setting(0.0, "dense bf16 TFLOP/s of one device, for MFU; 0 = look the card up (none on CPU)", affects_output=False)
-    tensorboard: bool = setting(True, "also write TensorBoard events to train/tensorboard", affects_output=False)
-
-    def validate(self):
-        for key in ("seq_len", "micro_batch", "batch_tokens", "max_steps", "eval_every", "eval_batches", "save_every", "keep_checkpoints", "log_every", "num_processes"):
-            if getattr(self, key) < 1: raise ConfigError(f"{key}={getattr(self, key)} must be at least 1")
-        if not self.init_from:
-            positions = check_preset(self.preset)["max_position_embeddings"]
-            if self.seq_len > positions:
-                raise ConfigError(f"seq_len={self.seq_len} is longer than preset {self.preset!r} supports ({positions} positions); lower seq_len")
-        if self.batch_tokens % (self.seq_len * self.micro_batch):
-            raise ConfigError(f"batch_tokens={self.batch_tokens} is not a multiple of seq_len*micro_batch={self.seq_len * self.micro_batch}; "
-                              f"use e.g. batch_tokens={self.seq_len * self.micro_batch * max(1, round(self.batch_tokens / (self.seq_len * self.micro_batch)))}")
-        self.check_ranges(("lr", math.isfinite(self.lr) and self.lr > 0, "a finite number above 0, e.g. 1e-3"),
-                          ("min_lr_ratio", 0 <= self.min_lr_ratio <= 1, "[0, 1]"), ("beta1", 0 <= self.beta1 < 1, "[0, 1)"),
-                          ("beta2", 0 <= self.beta2 < 1, "[0, 1)"), ("weight_decay", self.weight_decay >= 0, ">= 0"),
-                          ("grad_clip", self.grad_clip >= 0, ">= 0 (0 = off)"), ("stop_at_step", self.stop_at_step >= 0, ">= 0 (0 = run to max_steps)"),
-                          ("peak_tflops", self.peak_tflops >= 0, ">= 0 (0 = look the card up)"),
-                          ("loss_chunk_tokens", self.loss_chunk_tokens >= 0, ">= 0 (0 = the whole micro-batch)"),
-                          ("muon_lr", math.isfinite(self.muon_lr) and self.muon_lr >= 0, "a finite number >= 0 (0 = lr)"))
-        if not 0 <= self.warmup_steps < self.max_steps: raise ConfigError(f"warmup_steps={self.warmup_steps} must be below max_steps={self.max_steps}")
-        if self.precision not in ("auto", "bf16", "fp32"): raise ConfigError(f"precision={self.precision!r}: use auto, bf16 or fp32")
-        if self.distributed not in ("ddp", "fsdp"): raise ConfigError(f"distributed={self.distributed!r}: use ddp or fsdp")
-        if self.optimizer not in ("adamw", "muon"): raise ConfigError(f"optimizer={self.optimizer!r}: use adamw or muon")
-        if self.optimizer == "muon" and self.distributed == "fsdp":
-            raise ConfigError("optimizer=muon orthogonalizes each whole matrix, and distributed=fsdp shards the matrices across processes; use distributed=ddp with muon")
-        attention_backend(self.attention)  # an unknown kernel name fails here
-        if self.num_processes > 1 and int(os.environ.get("WORLD_SIZE", "1")) > 1:
-            raise ConfigError(f"num_processes={self.num_processes} would start processes inside one of the {os.environ['WORLD_SIZE']} that a launcher "
-                              "(accelerate launch, torchrun) already started; leave num_processes=1 and give the launcher the process count")
-
-    def accum_steps(self, world: int) -> int:
-        "Micro-batches per process per optimizer step with `world` processes."
-        per_step = self.seq_len * self.micro_batch * world
-        if self.batch_tokens % per_step:
-            raise ConfigError(f"batch_tokens={self.batch_tokens} does not divide among {world} processes of micro_batch={self.micro_batch} x "
-                              f"seq_len={self.seq_len} ({per_step} tokens); make batch_tokens a multiple of {per_step}")
-        return self.batch_tokens // per_step
 
 # %% ../nbs/05_train.ipynb #65fbde50
 class ChunkedLinearCrossEntropy(torch.autograd.Function):
@@ -123,6 +51,7 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         scale = grad_loss / ctx.n
         return grad_hidden * scale, grad_weight * scale, None, None, None
 
+# %% ../nbs/05_train.ipynb #b19f15ee
 def lm_loss(model, batch: torch.Tensor, chunk_tokens: int = 0) -> torch.Tensor:
     "Mean next-token cross-entropy (nats) of windows `(b, seq_len + 1)`, shifted here and only here; `chunk_tokens` as in `ChunkedLinearCrossEntropy` (0 = all at once)."
     from accelerate.utils import extract_model_from_parallel
@@ -139,6 +68,7 @@ def lr_factor(step: int, warmup: int, max_steps: int, min_ratio: float) -> float
     progress = min(1.0, (step - warmup) / max(1, max_steps - warmup))
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
+# %% ../nbs/05_train.ipynb #306aeea9
 class MuonAdamW(torch.optim.Optimizer):
     "`torch.optim.Muon` and `torch.optim.AdamW` over disjoint parameters, stepped, scheduled and saved as one optimizer."
     def __init__(self, muon: torch.optim.Muon, adamw: torch.optim.AdamW):
@@ -155,6 +85,7 @@ class MuonAdamW(torch.optim.Optimizer):
         self.muon.load_state_dict(state["muon"]); self.adamw.load_state_dict(state["adamw"])
         self.param_groups = self.muon.param_groups + self.adamw.param_groups  # loading makes new group dicts (Accelerate's prepare loads too)
 
+# %% ../nbs/05_train.ipynb #dd9a04c1
 def make_optimizer(model, cfg: TrainConfig) -> torch.optim.Optimizer:
     "Fused AdamW with weight decay on matrices only; with `cfg.optimizer='muon'`, Muon takes the hidden layers' matrices (`MuonAdamW`)."
     params = [p for p in model.parameters() if p.requires_grad]
@@ -251,7 +182,7 @@ class RunLog:
 
 def read_log(run_dir) -> list[dict]:
     "The records of a run's `train/log.jsonl`."
-    path = Path(run_dir) / "train" / "log.jsonl"
+    path = stage_dir(run_dir, "train") / "log.jsonl"
     return [json.loads(l) for l in path.read_text().splitlines()] if path.exists() else []
 
 # %% ../nbs/05_train.ipynb #df66dfc0
@@ -277,6 +208,7 @@ def check_inputs(cfg: TrainConfig, world: int, tok) -> dict:
     if cfg.init_from: check_init_from(Path(cfg.init_from), tok, cfg.seq_len)
     return {**metas, "accum": cfg.accum_steps(world)}
 
+# %% ../nbs/05_train.ipynb #68cad93f
 def check_init_from(path: Path, tok, seq_len: int):
     "Raise `ConfigError` unless `path` holds a model whose vocabulary and positions suit this run."
     from transformers import AutoConfig, AutoTokenizer
@@ -468,6 +400,7 @@ def model_card(cfg: TrainConfig, config, plan: dict, step: int, loss: float | No
              "num_attention_heads", "num_key_value_heads", "intermediate_size", "max_position_embeddings")}, "train": cfg.to_dict()}, indent=2), "```"]
     return "\n".join(lines) + "\n"
 
+# %% ../nbs/05_train.ipynb #200217d6
 def save_final_model(acc, model, tok, cfg: TrainConfig, plan: dict, step: int, loss, evaluation):
     "Save weights (safetensors), tokenizer and model card to `<run_dir>/train/model` atomically."
     acc.wait_for_everyone()

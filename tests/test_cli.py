@@ -107,3 +107,16 @@ def test_config_yaml_values_are_read_by_the_field_type_like_p_values(tmp_path, f
     from_yaml, from_p = fake_papermill
     assert (from_yaml["seed"], from_yaml["dataset_name"], from_yaml["license"], from_yaml["card_dir"]) == (777, "1.10", "no", "")
     assert {k: v for k, v in from_yaml.items() if k != "run_dir"} == {k: v for k, v in from_p.items() if k != "run_dir"}
+
+
+@pytest.mark.parametrize("argv", [["config", job] for job in [*codecomplete.jobs.JOBS, "pipeline"]] + [["--help"], ["run", "--help"],
+                                  ["run", "train", "--run", "mine", "--runs-root", "{tmp}", "-p", "presett=tiny"]])
+def test_light_commands_import_no_torch(argv, tmp_path):
+    "`config`, `--help` and `run` up to its kernel check configs from `codecomplete.stages`, so they load neither torch nor transformers."
+    import subprocess, sys
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    code = f"import sys; from codecomplete.cli import main\ntry: main({argv!r})\nexcept SystemExit: pass"
+    done = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True, text=True, timeout=120)
+    loaded = {line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
+    assert "codecomplete.cli" in loaded and (done.stdout or "did you mean 'preset'" in done.stderr), done.stderr[-2000:]
+    assert not loaded & {"torch", "transformers"}, f"codecomplete {' '.join(argv)} imported {sorted(loaded & {'torch', 'transformers'})}"
