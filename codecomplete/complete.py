@@ -13,8 +13,8 @@ from .config import ConfigError
 from .tokenizer import FIM_TOKENS, encode_texts
 
 # %% auto #0
-__all__ = ['SENTINELS', 'fim_ids', 'window_ids', 'prompt_ids', 'prompt_room', 'save_random_model', 'weights_identity',
-           'load_model', 'heal_prefix', 'healed', 'Prompt', 'make_prompt', 'token_texts', 'HealWhitespace',
+__all__ = ['SENTINELS', 'fim_ids', 'save_random_model', 'weights_identity', 'load_model', 'prompt_ids', 'window_ids',
+           'prompt_room', 'heal_prefix', 'healed', 'Prompt', 'make_prompt', 'token_texts', 'HealWhitespace',
            'truncate_at_stop', 'generate', 'complete', 'split_at_cursor']
 
 # %% ../nbs/06_complete.ipynb #96b02d91
@@ -32,33 +32,6 @@ def fim_ids(tokenizer) -> list[int]:
     if missing: raise ConfigError(f"this tokenizer has no {', '.join(missing)} tokens, so it cannot fill in the middle; "
                                   f"complete without a suffix, or use a model trained with FIM (codecomplete's pack stage)")
     return [vocab[t] for t in SENTINELS]
-
-def window_ids(prefix: list[int], suffix: list[int], room: int) -> tuple[list[int], list[int]]:
-    "The last ids of `prefix` and the first of `suffix`, `room` at most in all: the suffix gets a quarter, or what the prefix leaves."
-    keep_suffix = min(len(suffix), max(room // 4, room - len(prefix)))
-    keep_prefix = min(len(prefix), room - keep_suffix)
-    return prefix[len(prefix) - keep_prefix:], suffix[:keep_suffix]
-
-def prompt_ids(tokenizer, prefix: str, suffix: str | None = None, max_len: int | None = None) -> list[int]:
-    "The prompt's layout, `bos` prefix or `bos <fim_prefix> prefix <fim_suffix> suffix <fim_middle>`, windowed to `max_len` tokens (`make_prompt` adds the healing)."
-    start = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    sentinels = [] if suffix is None else fim_ids(tokenizer)
-    before, after = _encode(tokenizer, prefix), _encode(tokenizer, suffix or "")
-    if max_len is not None:
-        room = max_len - len(start + sentinels)
-        if room < 0: raise ConfigError(f"max_len={max_len} cannot hold the prompt's {len(start + sentinels)} special tokens; "
-                                       f"lower max_new_tokens to leave the prompt more of the model's positions")
-        before, after = window_ids(before, after, room)
-    if suffix is None: return start + before
-    pre, suf, mid = sentinels
-    return start + [pre] + before + [suf] + after + [mid]
-
-def prompt_room(model, max_new_tokens: int) -> int | None:
-    "How many prompt tokens fit in `model`'s positions beside `max_new_tokens` new ones (None: no limit)."
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if limit and max_new_tokens >= limit:
-        raise ConfigError(f"max_new_tokens={max_new_tokens} alone fills the model's {limit} positions; pick max_new_tokens below {limit}")
-    return limit - max_new_tokens if limit else None
 
 # %% ../nbs/06_complete.ipynb #bd7ce4a3
 def save_random_model(model_dir, tokenizer_dir, preset: str = "tiny", seed: int = 0) -> Path:
@@ -97,6 +70,35 @@ def load_model(model_dir: str, device: str | None = None):
         raise ConfigError(f"{path} is not a model folder (no config.json); pass the folder the train stage wrote "
                           f"(<run_dir>/train/model) or any Hugging Face causal LM folder")
     return _load(str(path), device, weights_identity(path))
+
+# %% ../nbs/06_complete.ipynb #5a7c31e0
+def prompt_ids(tokenizer, prefix: str, suffix: str | None = None, max_len: int | None = None) -> list[int]:
+    "The prompt's layout, `bos` prefix or `bos <fim_prefix> prefix <fim_suffix> suffix <fim_middle>`, windowed to `max_len` tokens (`make_prompt` adds the healing)."
+    start = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    sentinels = [] if suffix is None else fim_ids(tokenizer)
+    before, after = _encode(tokenizer, prefix), _encode(tokenizer, suffix or "")
+    if max_len is not None:
+        room = max_len - len(start + sentinels)
+        if room < 0: raise ConfigError(f"max_len={max_len} cannot hold the prompt's {len(start + sentinels)} special tokens; "
+                                       f"lower max_new_tokens to leave the prompt more of the model's positions")
+        before, after = window_ids(before, after, room)
+    if suffix is None: return start + before
+    pre, suf, mid = sentinels
+    return start + [pre] + before + [suf] + after + [mid]
+
+# %% ../nbs/06_complete.ipynb #5a7c31e1
+def window_ids(prefix: list[int], suffix: list[int], room: int) -> tuple[list[int], list[int]]:
+    "The last ids of `prefix` and the first of `suffix`, `room` at most in all: the suffix gets a quarter, or what the prefix leaves."
+    keep_suffix = min(len(suffix), max(room // 4, room - len(prefix)))
+    keep_prefix = min(len(prefix), room - keep_suffix)
+    return prefix[len(prefix) - keep_prefix:], suffix[:keep_suffix]
+
+def prompt_room(model, max_new_tokens: int) -> int | None:
+    "How many prompt tokens fit in `model`'s positions beside `max_new_tokens` new ones (None: no limit)."
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit and max_new_tokens >= limit:
+        raise ConfigError(f"max_new_tokens={max_new_tokens} alone fills the model's {limit} positions; pick max_new_tokens below {limit}")
+    return limit - max_new_tokens if limit else None
 
 # %% ../nbs/06_complete.ipynb #fd31d74c
 def heal_prefix(prefix: str) -> tuple[str, str]:
