@@ -138,8 +138,8 @@ def local_ray(tmp_path_factory):
 def test_ladder_on_ray_equals_sequential_and_runs_rungs_apart(curated, one_thread, local_ray, tmp_path):
     """Rungs as Ray tasks on a local 2-CPU Ray give the sequential ladder's results, each rung in a Ray worker, two at once;
     a rung that fails is named once the others finished, and the rerun trains only it. About 2 minutes on a loaded 2-core machine."""
-    cfg = dict(models=["dial-1", "dial-2", "dial-3", "dial-4"], tokens_per_param=0.01, predict=["dial-5"], seq_len=32, batch_tokens=256,
-               min_steps=4, eval_batches=2)
+    cfg = dict(models=["dial-1", "dial-2", "dial-3", "dial-4"], tokens_per_param=0.003, predict=["dial-5"], seq_len=32, batch_tokens=256,
+               min_steps=2, eval_batches=2)  # 2, 3, 7 and 14 steps (25 for dial-5)
     seq, par = _copy_run(curated, tmp_path / "seq"), _copy_run(curated, tmp_path / "ray")
     expected = json.loads((ladder(LadderConfig(run_dir=str(seq), **cfg)) / "results.json").read_text())
     assert {p["pid"] for p in expected["placement"]} == {os.getpid()}
