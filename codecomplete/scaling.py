@@ -138,10 +138,11 @@ def run_rung(cfg: LadderConfig, rung: dict) -> dict:
     "Train rung `rung`: its validation bits per byte (or its `error`), and the host, process, start and seconds it took."
     start = time.time()
     out = {"model": rung["model"], "host": socket.gethostname(), "pid": os.getpid(), "started": start}
-    try: out["val_bpb"] = train_rung(cfg, rung)
+    error = stage_dir(cfg, "ladder") / rung["model"] / "error.txt"
+    try: out["val_bpb"] = train_rung(cfg, rung); error.unlink(missing_ok=True)  # a rerun that trained it leaves no stale traceback
     except Exception as e:
         out["error"] = f"{type(e).__name__}: {e}"
-        atomic_write_text(stage_dir(cfg, "ladder") / rung["model"] / "error.txt", traceback.format_exc())
+        atomic_write_text(error, traceback.format_exc())
     return {**out, "seconds": time.time() - start}
 
 def _rung_task(cfg: LadderConfig, rung: dict) -> dict:

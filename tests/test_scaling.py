@@ -163,6 +163,7 @@ def test_ladder_on_ray_equals_sequential_and_runs_rungs_apart(curated, one_threa
     checked = json.loads((ladder(LadderConfig(run_dir=str(par), check_prediction=True, **cfg)) / "results.json").read_text())  # either engine resumes
     assert {m: (par / "ladder" / m / "train" / "_COMPLETE.json").stat().st_mtime for m in finished} == finished  # kept, not retrained
     assert checked["rungs"] == expected["rungs"] and [c["model"] for c in checked["checks"]] == ["dial-5"]
+    assert not (blocked.parent / "error.txt").exists()  # the rung that now trained leaves no stale traceback
 
 
 @pytest.mark.parametrize("params,message", [
