@@ -176,7 +176,7 @@ def parse_params(items: list[str] | None) -> dict:
 # %% ../nbs/00_config.ipynb #8042cd96
 STAGE_DIRS = {"curate": "data", "tokenizer": "tokenizer", "pack": "tokens", "train": "train", "evaluate": "eval", "ladder": "ladder"}
 UPSTREAM = {"curate": [], "tokenizer": ["curate"], "pack": ["curate", "tokenizer"], "train": ["tokenizer", "pack"], "evaluate": ["pack", "train"],
-            "ladder": ["tokenizer", "pack"]}
+            "ladder": ["curate", "tokenizer"]}
 MARKER = "_COMPLETE.json"
 
 def stage_dir(run, stage: str) -> Path:

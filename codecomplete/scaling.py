@@ -4,7 +4,7 @@
 
 # %% ../nbs/08_scaling.ipynb #0b70641c
 from __future__ import annotations
-import json, math, os
+import dataclasses, json, math, os, socket, time, traceback
 from dataclasses import dataclass
 from pathlib import Path
 import numpy as np
@@ -14,8 +14,8 @@ from .plan import ModelShape
 from .stages import LadderConfig
 
 # %% auto #0
-__all__ = ['AXES', 'power_law', 'PowerLawFit', 'fit_power_law', 'rung_plan', 'train_rung', 'fit_ladder', 'predict_rungs',
-           'plot_ladder', 'ladder']
+__all__ = ['AXES', 'power_law', 'PowerLawFit', 'fit_power_law', 'rung_plan', 'train_rung', 'ladder_tokens', 'RungFailed',
+           'run_rung', 'check_ray', 'train_rungs', 'fit_ladder', 'predict_rungs', 'plot_ladder', 'ladder']
 
 # %% ../nbs/08_scaling.ipynb #3d20874c
 def power_law(x, a, b, c):
@@ -66,13 +66,18 @@ def rung_plan(cfg: LadderConfig, model: str, vocab: int) -> dict:
     return {"model": model, "vocab": shape.vocab, "params": params, "steps": steps, "tokens": tokens, "flops": float(tokens * shape.flops_per_token())}
 
 # %% ../nbs/08_scaling.ipynb #3b48351e
+def _link(path: Path, target: Path):
+    "Make `path` a symbolic link to folder `target`, replacing a link that points elsewhere."
+    if path.is_symlink() and Path(os.readlink(path)) != target: path.unlink()
+    if not path.is_symlink(): path.symlink_to(target, target_is_directory=True)
+
 def train_rung(cfg: LadderConfig, rung: dict) -> float:
     "Train (or resume, or skip) rung `rung` with the train stage; returns its final validation bits per byte."
     from codecomplete.train import TrainConfig, read_log, train
-    root, run = Path(cfg.run_dir).resolve(), stage_dir(cfg, "ladder").resolve() / rung["model"]
+    out = stage_dir(cfg, "ladder").resolve()
+    run = out / rung["model"]
     run.mkdir(parents=True, exist_ok=True)
-    for sub in ("tokens", "tokenizer"):
-        if not (run / sub).exists(): (run / sub).symlink_to(root / sub, target_is_directory=True)
+    for sub in ("tokens", "tokenizer"): _link(run / sub, out / sub)
     steps = rung["steps"]
     train(TrainConfig(run_dir=str(run), preset=rung["model"], seq_len=cfg.seq_len, micro_batch=cfg.micro_batch,
                       batch_tokens=cfg.batch_tokens, max_steps=steps, warmup_steps=min(steps - 1, int(cfg.warmup_fraction * steps)),
@@ -81,6 +86,71 @@ def train_rung(cfg: LadderConfig, rung: dict) -> float:
     evals = [r for r in read_log(run) if "val_bpb" in r]
     if not evals: raise RuntimeError(f"rung {rung['model']} finished without a validation result in {run}/train/log.jsonl")
     return evals[-1]["val_bpb"]
+
+# %% ../nbs/08_scaling.ipynb #ca596375
+def ladder_tokens(cfg: LadderConfig) -> Path:
+    "Pack the run's curated splits at the rungs' `seq_len` into `<run_dir>/ladder/tokens/` (skipped when finished and current)."
+    from codecomplete.pack import PackConfig, pack
+    root, out = Path(cfg.run_dir).resolve(), stage_dir(cfg, "ladder").resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    for sub in ("data", "tokenizer"): _link(out / sub, root / sub)
+    return pack(PackConfig(run_dir=str(out), seq_len=cfg.seq_len, seed=cfg.seed))
+
+# %% ../nbs/08_scaling.ipynb #7fd6fd80
+class RungFailed(RuntimeError):
+    "One or more ladder rungs raised; the message names them and says that the finished rungs are kept."
+
+def run_rung(cfg: LadderConfig, rung: dict) -> dict:
+    "Train rung `rung`: its validation bits per byte (or its `error`), and the host, process, start and seconds it took."
+    start = time.time()
+    out = {"model": rung["model"], "host": socket.gethostname(), "pid": os.getpid(), "started": start}
+    error = stage_dir(cfg, "ladder") / rung["model"] / "error.txt"
+    try: out["val_bpb"] = train_rung(cfg, rung); error.unlink(missing_ok=True)  # a rerun that trained it leaves no stale traceback
+    except Exception as e:
+        out["error"] = f"{type(e).__name__}: {e}"
+        atomic_write_text(error, traceback.format_exc())
+    return {**out, "seconds": time.time() - start}
+
+def _rung_task(cfg: LadderConfig, rung: dict) -> dict:
+    "`run_rung` inside a Ray task, on as many torch threads as the CPUs the task holds."
+    import torch
+    torch.set_num_threads(max(1, int(cfg.rung_num_cpus)))
+    return run_rung(cfg, rung)
+
+# %% ../nbs/08_scaling.ipynb #922903ee
+def check_ray(cfg: LadderConfig):
+    "The curate engine's checks: a one-line `ConfigError` when Ray is not installed or `engine_address` does not answer."
+    from codecomplete.engine import _import_ray, check_address
+    _import_ray()
+    if cfg.engine_address: check_address(cfg.engine_address)
+
+def _ray_rungs(cfg: LadderConfig, rungs: list[dict]) -> list[dict]:
+    "Every rung as a Ray task with `rung_num_cpus` CPUs and `rung_num_gpus` GPUs, all submitted at once; the outcomes in rung order."
+    from codecomplete.engine import _remove_stale, ray_session
+    out = stage_dir(cfg, "ladder").resolve()
+    _remove_stale(out)  # the Ray folders of ladders that died
+    shipped = dataclasses.replace(cfg, run_dir=str(Path(cfg.run_dir).resolve()))  # a worker may start in another folder
+    with ray_session(cfg, out) as ray:
+        have = ray.cluster_resources()
+        for key, need in (("CPU", cfg.rung_num_cpus), ("GPU", cfg.rung_num_gpus)):
+            if need > have.get(key, 0): raise ConfigError(f"rung_num_{key.lower()}s={need}, but the Ray cluster has {have.get(key, 0):g} {key}s; "
+                                                          f"lower rung_num_{key.lower()}s or join a cluster that has them")
+        task = ray.remote(num_cpus=cfg.rung_num_cpus, num_gpus=cfg.rung_num_gpus)(_rung_task)
+        refs = [task.remote(shipped, rung) for rung in rungs]
+        outcomes = []
+        for ref, rung in zip(refs, rungs):
+            try: outcomes.append(ray.get(ref))
+            except ray.exceptions.RayError as e: outcomes.append({"model": rung["model"], "error": f"{type(e).__name__}: {e}"})  # its worker died past Ray's retries
+        return outcomes
+
+def train_rungs(cfg: LadderConfig, rungs: list[dict]) -> list[dict]:
+    "Train every rung (`engine=local`: one after another; `ray`: as parallel Ray tasks); then `RungFailed` if any failed."
+    outcomes = _ray_rungs(cfg, rungs) if cfg.engine == "ray" else [run_rung(cfg, rung) for rung in rungs]
+    if failed := [o for o in outcomes if "error" in o]:
+        raise RungFailed(f"ladder rung{'s' * (len(failed) > 1)} failed: " + "; ".join(f"{o['model']}: {o['error']}" for o in failed)
+                         + f" (tracebacks in {stage_dir(cfg, 'ladder')}/<rung>/error.txt); the {len(outcomes) - len(failed)} finished "
+                         "rungs are kept: fix the cause and rerun, which trains only what is missing")
+    return outcomes
 
 # %% ../nbs/08_scaling.ipynb #22b91484
 AXES = {"flops": "training compute C (FLOPs)", "params": "parameters N (in matmuls)", "tokens": "training tokens D"}
@@ -123,17 +193,24 @@ def ladder(cfg: LadderConfig) -> Path:
     "The ladder stage: train every rung, fit loss against compute, parameters and tokens, and predict larger runs."
     if should_skip(cfg, "ladder"): return stage_dir(cfg, "ladder")
     from codecomplete.pack import load_run_tokenizer
-    tokens_dir = Path(cfg.run_dir) / "tokens"
-    if not (tokens_dir / "train.json").exists(): raise ConfigError(f"no packed tokens in {tokens_dir}; the train job packs them first (codecomplete run train --run {Path(cfg.run_dir).name}), or in Python: from codecomplete.pack import PackConfig, pack; pack(PackConfig(run_dir={str(cfg.run_dir)!r}))")
+    root = Path(cfg.run_dir)
+    if not (root / "data" / "train").is_dir() or not (root / "tokenizer").is_dir():
+        raise ConfigError(f"no curated data or tokenizer in {root}; the ladder packs the run's data itself: run the curate and tokenizer "
+                          f"jobs first (codecomplete run curate --run {root.name}, then codecomplete run tokenizer --run {root.name})")
+    if cfg.engine == "ray": check_ray(cfg)  # before the stage folder is touched
     vocab = len(load_run_tokenizer(cfg.run_dir))
     out = begin_stage(cfg, "ladder")
-    rungs = [rung_plan(cfg, m, vocab) for m in cfg.models]
-    for rung in rungs: rung["val_bpb"] = train_rung(cfg, rung)
+    ladder_tokens(cfg)
+    rungs, targets = ([rung_plan(cfg, m, vocab) for m in names] for names in (cfg.models, cfg.predict))
+    outcomes = train_rungs(cfg, rungs + (targets if cfg.check_prediction else []))
+    measured = {o["model"]: o["val_bpb"] for o in outcomes}
+    for rung in rungs: rung["val_bpb"] = measured[rung["model"]]
     fits = fit_ladder(rungs)
-    predictions = predict_rungs(fits, [rung_plan(cfg, m, vocab) for m in cfg.predict])
-    checks = [{**p, "measured": train_rung(cfg, p), "predicted": p["val_bpb"]} for p in predictions] if cfg.check_prediction else []
+    predictions = predict_rungs(fits, targets)
+    checks = [{**p, "measured": measured[p["model"]], "predicted": p["val_bpb"]} for p in predictions] if cfg.check_prediction else []
     plot_ladder(rungs, fits, predictions, out / "fit.png", checks)
-    results = {"rungs": rungs, "fits": {k: f.to_dict() for k, f in fits.items()}, "predictions": predictions, "checks": checks}
+    placement = [{k: o[k] for k in ("model", "host", "pid", "started", "seconds")} for o in outcomes]
+    results = {"rungs": rungs, "fits": {k: f.to_dict() for k, f in fits.items()}, "predictions": predictions, "checks": checks, "placement": placement}
     atomic_write_text(out / "results.json", json.dumps(results, indent=2))
-    return finish_stage(cfg, "ladder", {"rungs": len(rungs), "b_flops": fits["flops"].b, "c_flops": fits["flops"].c,
+    return finish_stage(cfg, "ladder", {"rungs": len(rungs), "b_flops": fits["flops"].b, "c_flops": fits["flops"].c, "engine": cfg.engine,
                                         "predictions": {p["model"]: p["val_bpb"] for p in predictions}})

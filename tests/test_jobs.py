@@ -151,3 +151,89 @@ def test_sigterm_to_the_runner_reaches_the_training_which_checkpoints_then_resum
     assert len(saved) == 1 and saved[0] >= 1  # only the stop can have saved it: save_every is a million
     resumed = cli(*args, "-p", "max_steps=100000", "-p", f"stop_at_step={saved[0] + 2}", cwd=tmp_path)  # the same config
     assert f"resuming from {run / 'train' / 'checkpoints'}" in resumed.stdout and f"stopped at step {saved[0] + 2}" in resumed.stdout
+
+
+def _free_ports(n: int) -> list[int]:
+    "`n` distinct TCP ports free on the loopback interface now."
+    import socket
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks: s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks: s.close()
+
+
+def _ours(marker: str) -> list:
+    "Processes whose command line names `marker` (this test's Ray folder)."
+    import psutil
+    out = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if marker in " ".join(p.info["cmdline"] or []): out.append(p)
+        except psutil.Error: pass
+    return out
+
+
+def _stop_head(head, marker: str) -> list:
+    "Stop a `ray start --block` head and what it started; returns the processes naming `marker` that outlived it (then killed)."
+    # `ray stop` would stop every Ray of this user on the machine; the head's own group and what names its folder are ours alone
+    for sig, wait in ((signal.SIGTERM, 30), (signal.SIGKILL, 10)):
+        try: os.killpg(head.pid, sig)
+        except ProcessLookupError: pass
+        try: head.wait(wait); break
+        except subprocess.TimeoutExpired: pass
+    deadline = time.time() + 30
+    while (left := _ours(marker)) and time.time() < deadline: time.sleep(1)
+    for p in left: p.kill()
+    return left
+
+
+def _start_head(ray_cli, folder: Path, env: dict, log: Path):
+    """A local Ray head with its job server on free loopback ports, its files under `folder`: (process, dashboard port).
+    Ray gives a node 30 s to come up and a loaded machine can miss that; a head that exits so is started again, twice."""
+    for attempt in range(3):
+        gcs, dash, client, agent, agent_grpc, env_agent, metrics = _free_ports(7)
+        head = subprocess.Popen([str(ray_cli), "start", "--head", "--block", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
+                                 "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--ray-client-server-port", str(client),
+                                 "--dashboard-agent-listen-port", str(agent), "--dashboard-agent-grpc-port", str(agent_grpc),
+                                 "--runtime-env-agent-port", str(env_agent), "--metrics-export-port", str(metrics), "--num-cpus", "1",
+                                 "--object-store-memory", str(200 << 20), "--temp-dir", str(folder), "--disable-usage-stats"],
+                                env=env, cwd=log.parent, start_new_session=True, stdout=open(log, "w"), stderr=subprocess.STDOUT)
+        deadline = time.time() + 180
+        while "Ray runtime started" not in log.read_text() and head.poll() is None and time.time() < deadline: time.sleep(1)
+        if "Ray runtime started" in log.read_text(): return head, dash  # what `ray start` prints once the head's processes are up
+        assert not _stop_head(head, str(folder))
+        if attempt == 2: raise AssertionError(f"the Ray head did not start three times:\n{log.read_text()[-3000:]}")
+
+
+def test_ray_job_submit_runs_a_job_on_a_local_ray_head(tmp_path, corpus):
+    """`ray job submit --address http://127.0.0.1:PORT -- codecomplete run curate ...` on a local Ray head with its job server
+    (ray[default]; loopback, free ports, a token of its own), the run folder complete after; every Ray process the head
+    started is gone at the end. About a minute on a loaded 2-core machine."""
+    import importlib.util, secrets, tempfile
+    ray_cli = Path(sys.executable).parent / "ray"
+    if not ray_cli.exists() or importlib.util.find_spec("ray") is None or importlib.util.find_spec("aiohttp") is None:
+        pytest.skip("RAY'S JOB SERVER IS NOT INSTALLED, `ray job submit` IS NOT TESTED: pip install 'codecomplete[ray]' (it brings ray[default])")
+    (tmp_path / "ray").mkdir()
+    link = Path(tempfile.gettempdir(), f"cc-rayjob-{os.getpid()}")  # Ray's socket paths must stay short
+    link.unlink(missing_ok=True); link.symlink_to(tmp_path / "ray")
+    token = tmp_path / "token"; token.write_text(secrets.token_hex(32))
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}  # a job server runs any command: not without a token
+    head, dash = _start_head(ray_cli, link, env, tmp_path / "head.log")
+    try:
+        runs, deadline = tmp_path / "runs", time.time() + 120
+        submit = [str(ray_cli), "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--",
+                  *CLI, "run", "curate", "--run", "onray", "--runs-root", str(runs), "-p", f"sources=[{corpus}]", "-p", "card_dir="]
+        while True:  # the head's job agent registers a little after the head is up; until then the server refuses the job
+            job = subprocess.run(submit, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+            if "No available agent to submit job" not in job.stderr or time.time() > deadline: break
+            time.sleep(2)
+        assert job.returncode == 0 and "succeeded" in job.stdout, job.stdout[-3000:] + job.stderr[-3000:]
+        assert "[curate] done" in job.stdout  # the job's own output comes back through the job server
+        assert (runs / "onray" / "data" / "_COMPLETE.json").exists() and (runs / "onray" / "jobs" / "01_curate.ipynb").exists()
+        assert any((runs / "onray" / "data" / "train").glob("*.parquet"))
+    finally:
+        left = _stop_head(head, str(link))
+        link.unlink(missing_ok=True)
+    assert not left, [p.info["cmdline"][:3] for p in left]  # the head's processes stopped with it
