@@ -35,11 +35,14 @@ def run_measured(code: str) -> tuple[float, float, int, int]:
     "Run `code` in a fresh Python; returns (seconds, CPU seconds of the waited-for process tree, peak tree RSS, peak tree PSS), sampled every 0.2 s."
     cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    proc = psutil.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    peak_rss = peak_pss = 0
-    while proc.poll() is None:
-        rss, pss = tree_memory(proc); peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss); time.sleep(0.2)
-    if proc.returncode: raise SystemExit(f"benchmark step failed with exit code {proc.returncode}: {code[:200]}")
+    with tempfile.TemporaryFile() as err:  # the step's stderr, shown when it fails (a failure without its traceback stays unexplained)
+        proc = psutil.Popen([sys.executable, "-c", code], stderr=err, stdout=subprocess.DEVNULL)
+        peak_rss = peak_pss = 0
+        while proc.poll() is None:
+            rss, pss = tree_memory(proc); peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss); time.sleep(0.2)
+        if proc.returncode:
+            err.seek(0)
+            raise SystemExit(f"benchmark step failed with exit code {proc.returncode}: {code[:200]}\n" + err.read().decode(errors="replace")[-3000:])
     cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     return time.perf_counter() - start, cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime, peak_rss, peak_pss
 

@@ -236,8 +236,13 @@ def _write(examined, code_of: np.ndarray, codes_present: set, folders: dict) -> 
 def _examine_all(ray, shards: list, cfg: CurateConfig):
     "The examined rows of every shard, materialized on the workers (one task per shard, `EXAMINE_RETRIES` retries)."
     if not shards: return ray.data.from_arrow(EXAMINED_SCHEMA.empty_table()).materialize()
-    return ray.data.from_items([{"shard": str(s)} for s in shards], override_num_blocks=len(shards)).map_batches(
-        examine_shards, fn_kwargs=dict(cfg=cfg), batch_format="pyarrow", batch_size=1, max_retries=EXAMINE_RETRIES).materialize()
+    try:
+        return ray.data.from_items([{"shard": str(s)} for s in shards], override_num_blocks=len(shards)).map_batches(
+            examine_shards, fn_kwargs=dict(cfg=cfg), batch_format="pyarrow", batch_size=1, max_retries=EXAMINE_RETRIES).materialize()
+    except (ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError) as e:
+        raise RuntimeError(f"engine=ray: a worker died {EXAMINE_RETRIES + 1} times examining one task's shards ({type(e).__name__}: killed, "
+                           "out of memory or a crash in a parser; Ray's logs say which); nothing was published: rerun, and if it dies again "
+                           "find the file with engine=local") from e
 
 def _gather(ray, dataset, schema: pa.Schema) -> pa.Table:
     "`dataset` (columns of `schema`) on the driver, sorted by input index."

@@ -239,6 +239,7 @@ def test_worker_killed_mid_examine_is_retried_and_one_always_killed_fails_cleanl
     done = subprocess.run([sys.executable, "-c", WORKER_DIES, json.dumps(cfg), str(control)], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     seen = json.loads(done.stdout.strip().splitlines()[-1])
-    assert seen["error"] and seen["crashes"] >= EXAMINE_RETRIES + 1 and not seen["looks_finished"], seen
+    assert seen["error"].startswith(f"RuntimeError: engine=ray: a worker died {EXAMINE_RETRIES + 1} times"), seen
+    assert seen["crashes"] >= EXAMINE_RETRIES + 1 and not seen["looks_finished"], seen
     assert seen["total"] == seen["crashes"] + 1, seen
     assert dataset(tmp_path / "run/data") == local
