@@ -19,10 +19,10 @@ from .dedup import band_edges, cluster_duplicates, lsh_params
 from .pii import PLACEHOLDERS
 
 # %% auto #0
-__all__ = ['OBJECT_STORE_BYTES', 'ITEM_SCHEMA', 'EXAMINED_SCHEMA', 'EXAMINE_RETRIES', 'check_address', 'start_local_ray',
-           'ray_session', 'write_item_shards', 'read_item_shard', 'line_histogram', 'examine_batch', 'examine_shards',
-           'min_by_node', 'propose_labels', 'component_labels', 'ray_components', 'ray_duplicates', 'Kept',
-           'ray_engine']
+__all__ = ['OBJECT_STORE_BYTES', 'START_ATTEMPTS', 'ITEM_SCHEMA', 'EXAMINED_SCHEMA', 'EXAMINE_RETRIES', 'check_address',
+           'start_local_ray', 'ray_session', 'write_item_shards', 'read_item_shard', 'line_histogram', 'examine_batch',
+           'examine_shards', 'min_by_node', 'propose_labels', 'component_labels', 'ray_components', 'ray_duplicates',
+           'Kept', 'ray_engine']
 
 # %% ../nbs/01d_engine.ipynb #47cf0f85
 OBJECT_STORE_BYTES = 1 << 30  # a local Ray's object store; Ray spills what does not fit to its folder in the run
@@ -50,14 +50,17 @@ def _remove_stale(out: Path):
     for folder, pid in stale_folders(out, ".ray-", ".items-"):
         Path(tempfile.gettempdir(), f"cc-ray-{pid}").unlink(missing_ok=True); shutil.rmtree(folder, ignore_errors=True)
 
-def start_local_ray(ray, num_cpus: int, temp_dir: Path):
-    "Start a local Ray with `num_cpus` CPUs, no dashboard, a capped object store and its sockets and logs under `temp_dir`."
-    try: return ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES, _temp_dir=str(temp_dir),
-                         log_to_driver=False, configure_logging=False)
-    except Exception as e:  # Ray raises a bare Exception when its node does not come up in time (its agents get ~15 s, a busy machine misses that)
-        ray.shutdown()
-        raise RuntimeError(f"engine=ray: the local Ray did not start ({e}); nothing was published: rerun when the machine is less busy, "
-                           f"join a running cluster with engine_address, or set engine=local; Ray's logs are in {Path(temp_dir).resolve()}") from e
+START_ATTEMPTS = 3  # the raylet gives its dashboard agent 15 s to start (not configurable); a busy machine misses it, a retry finds its imports cached
+
+def start_local_ray(ray, num_cpus: int, temp_dir: Path, **init_args):
+    "Start a local Ray with `num_cpus` CPUs, no dashboard, a capped object store and its sockets and logs under `temp_dir` (`init_args`: more of `ray.init`'s)."
+    for _ in range(START_ATTEMPTS):
+        try: return ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES, _temp_dir=str(temp_dir),
+                             log_to_driver=False, configure_logging=False, **init_args)
+        except Exception as e:  # Ray raises a bare Exception when its node does not come up in time
+            ray.shutdown(); error = e
+    raise RuntimeError(f"engine=ray: the local Ray did not start in {START_ATTEMPTS} attempts ({error}); nothing was published: rerun when the machine "
+                       f"is less busy, join a running cluster with engine_address, or set engine=local; Ray's logs are in {Path(temp_dir).resolve()}") from error
 
 @contextmanager
 def ray_session(cfg: CurateConfig, out: Path):

@@ -201,6 +201,7 @@ from pathlib import Path
 import ray
 from codecomplete.config import MARKER
 from codecomplete.curate import SPLITS, CurateConfig, curate
+from codecomplete.engine import start_local_ray
 cfg, control = json.loads(sys.argv[1]), Path(sys.argv[2])
 
 def die_in_examine():
@@ -216,8 +217,7 @@ def die_in_examine():
     engine.examine = examine_or_die
 
 link = Path(tempfile.gettempdir(), f"cc-ray-dies-{os.getpid()}"); link.symlink_to(control.parent)
-ray.init(num_cpus=2, include_dashboard=False, object_store_memory=1 << 30, _temp_dir=str(link), log_to_driver=False,
-         configure_logging=False, runtime_env={"worker_process_setup_hook": die_in_examine})
+start_local_ray(ray, 2, link, runtime_env={"worker_process_setup_hook": die_in_examine})
 data = Path(cfg["run_dir"]) / "data"
 control.write_text("1000")  # every examine attempt dies
 try: curate(CurateConfig(**cfg)); error = ""
