@@ -9,7 +9,7 @@
 3. Our MinHash/LSH side by side with datasketch's MinHashLSH (same parameters) on the documents that reach near dedup.
 
 Usage: python bench/curate.py [--sizes 1,4,8] [--engines local,ray] [--ray-workers 1,2] [--signatures 125000,250000,500000,1000000]
-       [--skip-datasketch] [--workdir DIR]"""
+       [--skip-datasketch] [--skip 8-ray-1] [--workdir DIR]"""
 import argparse, json, os, shutil, subprocess, sys, sysconfig, tempfile, time
 from pathlib import Path
 
@@ -23,9 +23,9 @@ from codecomplete.dedup import MinHasher, cluster_duplicates, lsh_params, near_d
 
 
 def tree_sample(root: psutil.Process, cpu: dict) -> tuple[int, int]:
-    "(sum of RSS, sum of PSS) in bytes of `root` and its descendants; records each one's CPU seconds in `cpu` (pid -> seconds).
+    """(sum of RSS, sum of PSS) in bytes of `root` and its descendants; records each one's CPU seconds in `cpu` (pid -> seconds).
     PSS splits pages shared after fork, so it does not double count; CPU is read from every process seen, so Ray's daemons
-    and workers, which the driver does not wait for, are counted too."
+    and workers, which the driver does not wait for, are counted too (up to the last 0.2 s sample of each)."""
     rss = pss = 0
     for p in [root, *root.children(recursive=True)]:
         try:
@@ -151,6 +151,7 @@ def main():
     ap.add_argument("--local-workers", type=int, default=0, help="num_workers of engine=local (0 = all cores)")
     ap.add_argument("--signatures", default="125000,250000,500000,1000000", help="synthetic signature counts for near dedup alone ('' = skip)")
     ap.add_argument("--skip-datasketch", action="store_true")
+    ap.add_argument("--skip", default="", help="runs to leave out, as SIZE-ENGINE-WORKERS, e.g. 8-ray-1 (keeps one command within a time budget)")
     args = ap.parse_args()
     work = Path(args.workdir); shutil.rmtree(work, ignore_errors=True); work.mkdir(parents=True)
     print(f"cpus {os.cpu_count()}, load {os.getloadavg()}")
@@ -162,6 +163,7 @@ def main():
         name = "default corpus" if size == 1 else f"{len(sources)} site-packages packages"
         for engine in args.engines.split(","):
             for workers in ([args.local_workers] if engine == "local" else map(int, args.ray_workers.split(","))):
+                if f"{size}-{engine}-{workers}" in args.skip.split(","): continue
                 run_stage(f"{size}x ({name}), engine={engine}, workers={workers or os.cpu_count()}", work / f"x{size}-{engine}-{workers}",
                           sources, mb, engine=engine, num_workers=workers)
     if not args.skip_datasketch: compare_datasketch(work)
