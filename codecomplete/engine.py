@@ -242,7 +242,7 @@ def _examine_all(ray, shards: list, cfg: CurateConfig):
     try:
         return ray.data.from_items([{"shard": str(s)} for s in shards], override_num_blocks=len(shards)).map_batches(
             examine_shards, fn_kwargs=dict(cfg=cfg), batch_format="pyarrow", batch_size=1,
-            ray_remote_args_fn=lambda: {"max_retries": EXAMINE_RETRIES}).materialize()  # (`max_retries=` itself is deprecated)
+            ray_remote_args_fn=lambda: {"max_retries": EXAMINE_RETRIES}).materialize()  # Ray 2.60 names no parameter for it; this and `max_retries=` both warn of removal in 2.64
     except (ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError) as e:
         raise RuntimeError(f"engine=ray: a worker died {EXAMINE_RETRIES + 1} times examining one task's shards ({type(e).__name__}: killed, "
                            "out of memory or a crash in a parser; Ray's logs say which); nothing was published: rerun, and if it dies again "
