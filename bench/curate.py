@@ -9,8 +9,8 @@
 3. Our MinHash/LSH side by side with datasketch's MinHashLSH (same parameters) on the documents that reach near dedup.
 
 Usage: python bench/curate.py [--sizes 1,4,8] [--engines local,ray] [--ray-workers 1,2] [--signatures 125000,250000,500000,1000000]
-       [--skip-datasketch] [--workdir DIR]"""
-import argparse, json, os, resource, shutil, subprocess, sys, sysconfig, tempfile, time
+       [--skip-datasketch] [--skip 8-ray-1] [--workdir DIR]"""
+import argparse, json, os, shutil, subprocess, sys, sysconfig, tempfile, time
 from pathlib import Path
 
 import numpy as np
@@ -22,26 +22,32 @@ from codecomplete.sources import _walk, default_corpus, language_of
 from codecomplete.dedup import MinHasher, cluster_duplicates, lsh_params, near_duplicates, shingle_hashes, tokenize
 
 
-def tree_memory(root: psutil.Process) -> tuple[int, int]:
-    "(sum of RSS, sum of PSS) in bytes of `root` and its children; PSS splits pages shared after fork, so it does not double count."
+def tree_sample(root: psutil.Process, cpu: dict) -> tuple[int, int]:
+    """(sum of RSS, sum of PSS) in bytes of `root` and its descendants; records each one's CPU seconds in `cpu` (pid -> seconds).
+    PSS splits pages shared after fork, so it does not double count; CPU is read from every process seen, so Ray's daemons
+    and workers, which the driver does not wait for, are counted too (up to the last 0.2 s sample of each)."""
     rss = pss = 0
     for p in [root, *root.children(recursive=True)]:
-        try: info = p.memory_full_info(); rss += info.rss; pss += info.pss
+        try:
+            with p.oneshot():
+                info, times = p.memory_full_info(), p.cpu_times()
+            rss += info.rss; pss += info.pss; cpu[p.pid] = times.user + times.system
         except (psutil.NoSuchProcess, psutil.AccessDenied): pass
     return rss, pss
 
 
 def run_measured(code: str) -> tuple[float, float, int, int]:
-    "Run `code` in a fresh Python; returns (seconds, CPU seconds of the waited-for process tree, peak tree RSS, peak tree PSS), sampled every 0.2 s."
-    cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    start = time.perf_counter()
-    proc = psutil.Popen([sys.executable, "-c", code], stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
-    peak_rss = peak_pss = 0
-    while proc.poll() is None:
-        rss, pss = tree_memory(proc); peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss); time.sleep(0.2)
-    if proc.returncode: raise SystemExit(f"benchmark step failed with exit code {proc.returncode}: {code[:200]}")
-    cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.perf_counter() - start, cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime, peak_rss, peak_pss
+    "Run `code` in a fresh Python; returns (seconds, CPU seconds of the process tree, peak tree RSS, peak tree PSS), sampled every 0.2 s."
+    start, cpu = time.perf_counter(), {}
+    with tempfile.TemporaryFile() as err:  # the step's stderr, shown when it fails (a failure without its traceback stays unexplained)
+        proc = psutil.Popen([sys.executable, "-c", code], stderr=err, stdout=subprocess.DEVNULL)
+        peak_rss = peak_pss = 0
+        while proc.poll() is None:
+            rss, pss = tree_sample(proc, cpu); peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss); time.sleep(0.2)
+        if proc.returncode:
+            err.seek(0)
+            raise SystemExit(f"benchmark step failed with exit code {proc.returncode}: {code[:200]}\n" + err.read().decode(errors="replace")[-3000:])
+    return time.perf_counter() - start, sum(cpu.values()), peak_rss, peak_pss
 
 
 def supported_bytes(path: Path, skip=frozenset({"__pycache__", ".git"})) -> int:
@@ -64,7 +70,7 @@ def run_stage(label, run_dir, sources, mb, **kw):
     cfg = dict(run_dir=str(run_dir), sources=sources, force=True, **kw)
     secs, cpu, rss, pss = run_measured(f"from codecomplete.curate import CurateConfig, curate; curate(CurateConfig.from_dict({cfg!r}))")
     stats = json.loads((Path(run_dir) / "data/stats.json").read_text())
-    print(f"{label}: {stats['seen']} files, {mb:.0f} MB of supported languages, {stats['kept']} kept in {secs:.1f}s, {cpu:.1f} CPU-s (process start included): "
+    print(f"{label}: {stats['seen']} files, {mb:.0f} MB of supported languages, {stats['kept']} kept in {secs:.1f}s, {cpu:.1f} CPU-s of the process tree (Ray's daemons included; process start included): "
           f"{mb / secs:.2f} MB/s, peak memory PSS {pss / 2**20:.0f} MiB (RSS sum {rss / 2**20:.0f} MiB); removed exact "
           f"{stats['removed']['exact_duplicate']}, near {stats['removed']['near_duplicate']}; load {os.getloadavg()[0]:.1f}", flush=True)
     return stats
@@ -145,6 +151,7 @@ def main():
     ap.add_argument("--local-workers", type=int, default=0, help="num_workers of engine=local (0 = all cores)")
     ap.add_argument("--signatures", default="125000,250000,500000,1000000", help="synthetic signature counts for near dedup alone ('' = skip)")
     ap.add_argument("--skip-datasketch", action="store_true")
+    ap.add_argument("--skip", default="", help="runs to leave out, as SIZE-ENGINE-WORKERS, e.g. 8-ray-1 (keeps one command within a time budget)")
     args = ap.parse_args()
     work = Path(args.workdir); shutil.rmtree(work, ignore_errors=True); work.mkdir(parents=True)
     print(f"cpus {os.cpu_count()}, load {os.getloadavg()}")
@@ -156,6 +163,7 @@ def main():
         name = "default corpus" if size == 1 else f"{len(sources)} site-packages packages"
         for engine in args.engines.split(","):
             for workers in ([args.local_workers] if engine == "local" else map(int, args.ray_workers.split(","))):
+                if f"{size}-{engine}-{workers}" in args.skip.split(","): continue
                 run_stage(f"{size}x ({name}), engine={engine}, workers={workers or os.cpu_count()}", work / f"x{size}-{engine}-{workers}",
                           sources, mb, engine=engine, num_workers=workers)
     if not args.skip_datasketch: compare_datasketch(work)

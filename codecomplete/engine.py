@@ -8,7 +8,6 @@ import os, shutil, socket, tempfile
 from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 import numpy as np
 import pyarrow as pa, pyarrow.compute as pc, pyarrow.parquet as pq
@@ -20,8 +19,10 @@ from .dedup import band_edges, cluster_duplicates, lsh_params
 from .pii import PLACEHOLDERS
 
 # %% auto #0
-__all__ = ['OBJECT_STORE_BYTES', 'ITEM_SCHEMA', 'EXAMINED_SCHEMA', 'check_address', 'start_local_ray', 'ray_session',
-           'write_item_shards', 'line_histogram', 'examine_batch', 'Kept', 'ray_engine']
+__all__ = ['OBJECT_STORE_BYTES', 'START_ATTEMPTS', 'ITEM_SCHEMA', 'EXAMINED_SCHEMA', 'EXAMINE_RETRIES', 'check_address',
+           'start_local_ray', 'ray_session', 'write_item_shards', 'read_item_shard', 'line_histogram', 'examine_batch',
+           'examine_shards', 'min_by_node', 'propose_labels', 'component_labels', 'ray_components', 'ray_duplicates',
+           'Kept', 'ray_engine']
 
 # %% ../nbs/01d_engine.ipynb #47cf0f85
 OBJECT_STORE_BYTES = 1 << 30  # a local Ray's object store; Ray spills what does not fit to its folder in the run
@@ -49,14 +50,17 @@ def _remove_stale(out: Path):
     for folder, pid in stale_folders(out, ".ray-", ".items-"):
         Path(tempfile.gettempdir(), f"cc-ray-{pid}").unlink(missing_ok=True); shutil.rmtree(folder, ignore_errors=True)
 
-def start_local_ray(ray, num_cpus: int, temp_dir: Path):
-    "Start a local Ray with `num_cpus` CPUs, no dashboard, a capped object store and its sockets and logs under `temp_dir`."
-    try: return ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES, _temp_dir=str(temp_dir),
-                         log_to_driver=False, configure_logging=False)
-    except Exception as e:  # Ray raises a bare Exception when its node does not come up in time (its agents get ~15 s, a busy machine misses that)
-        ray.shutdown()
-        raise RuntimeError(f"engine=ray: the local Ray did not start ({e}); nothing was published: rerun when the machine is less busy, "
-                           f"join a running cluster with engine_address, or set engine=local; Ray's logs are in {Path(temp_dir).resolve()}") from e
+START_ATTEMPTS = 3  # the raylet gives its dashboard agent 15 s to start (not configurable); a busy machine misses it, a retry finds its imports cached
+
+def start_local_ray(ray, num_cpus: int, temp_dir: Path, **init_args):
+    "Start a local Ray with `num_cpus` CPUs, no dashboard, a capped object store and its sockets and logs under `temp_dir` (`init_args`: more of `ray.init`'s)."
+    for _ in range(START_ATTEMPTS):
+        try: return ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=OBJECT_STORE_BYTES, _temp_dir=str(temp_dir),
+                             log_to_driver=False, configure_logging=False, **init_args)
+        except Exception as e:  # Ray raises a bare Exception when its node does not come up in time
+            ray.shutdown(); error = e
+    raise RuntimeError(f"engine=ray: the local Ray did not start in {START_ATTEMPTS} attempts ({error}); nothing was published: rerun when the machine "
+                       f"is less busy, join a running cluster with engine_address, or set engine=local; Ray's logs are in {Path(temp_dir).resolve()}") from error
 
 @contextmanager
 def ray_session(cfg: CurateConfig, out: Path):
@@ -103,6 +107,14 @@ def write_item_shards(sources: list[Source], cfg: CurateConfig, folder: Path, sh
     flush()
     return shards, seen, decided
 
+# %% ../nbs/01d_engine.ipynb #507c1f11
+def read_item_shard(path: str) -> pa.Table:
+    "The items of one shard, read on the worker that examines them; RuntimeError naming the shard when it cannot be read there."
+    try: return pq.read_table(path, schema=ITEM_SCHEMA)
+    except (OSError, pa.ArrowInvalid) as e:
+        raise RuntimeError(f"engine=ray: item shard {path} is unreadable on {socket.gethostname()} ({e}); every node must see the run "
+                           "folder at the same path (a shared filesystem); nothing was published: rerun when it does") from e
+
 # %% ../nbs/01d_engine.ipynb #ee4a74aa
 EXAMINED_SCHEMA = pa.schema([("idx", pa.int64()), ("status", pa.string()), ("detail", pa.string()), *RECORD_SCHEMA,
                              ("digest", pa.binary()), ("signature", pa.binary()), ("pii", pa.list_(pa.int64())), ("hist", pa.list_(pa.int64()))])
@@ -125,6 +137,63 @@ def examine_batch(batch: pa.Table, cfg: CurateConfig) -> pa.Table:
                         hist=line_histogram(record["content"]).tolist()))
     return pa.Table.from_pylist(out, EXAMINED_SCHEMA)
 
+# %% ../nbs/01d_engine.ipynb #ff87b7f6
+EXAMINE_RETRIES = 3  # retries of an examine task whose worker died; Ray Data's default (-1) retries forever
+
+def examine_shards(batch: pa.Table, cfg: CurateConfig) -> pa.Table:
+    "Read each shard named in `batch` (column `shard`) and examine its items: EXAMINED_SCHEMA rows in input order."
+    return pa.concat_tables([EXAMINED_SCHEMA.empty_table(), *(examine_batch(read_item_shard(p), cfg) for p in batch.column("shard").to_pylist())])
+
+# %% ../nbs/01d_engine.ipynb #0617f22e
+def min_by_node(nodes: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    "The smallest of `labels` for each distinct value of `nodes`: (sorted distinct nodes, their smallest labels), with numpy."
+    order = np.lexsort((labels, nodes)); nodes, labels = nodes[order], labels[order]
+    first = np.r_[True, nodes[1:] != nodes[:-1]] if len(nodes) else np.zeros(0, dtype=bool)
+    return nodes[first], labels[first]
+
+def propose_labels(edges: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    "One round over an edge partition (`edges`: 2 x E): (nodes, labels) that lower `labels`, each edge's smaller label offered to its ends and their labels."
+    left, right = edges
+    low = np.minimum(labels[left], labels[right])
+    nodes, new = min_by_node(np.concatenate([left, right, labels[left], labels[right]]), np.tile(low, 4))
+    lower = new < labels[nodes]
+    return nodes[lower], new[lower]
+
+# %% ../nbs/01d_engine.ipynb #1b504eae
+def component_labels(n: int, propose_all) -> tuple[np.ndarray, int]:
+    "(smallest member of each node's component, rounds): rounds of `propose_all(labels)` (proposals of every edge partition) until none."
+    labels, rounds = np.arange(n, dtype=np.int64), 0
+    while True:
+        proposals = propose_all(labels); rounds += 1
+        nodes = np.concatenate([np.zeros(0, dtype=np.int64), *(p[0] for p in proposals)])
+        if not len(nodes): return labels, rounds
+        nodes, new = min_by_node(nodes, np.concatenate([p[1] for p in proposals]))
+        labels[nodes] = np.minimum(labels[nodes], new)
+        while not np.array_equal(jumped := labels[labels], labels): labels = jumped  # pointer jumping
+
+# %% ../nbs/01d_engine.ipynb #b3495bac
+def _edge_part(signatures: np.ndarray, bands: list, rows: int, threshold: float, ids: np.ndarray) -> tuple[np.ndarray, int]:
+    "`dedup.band_edges` of a few bands as one 2 x E array, and E (two Ray returns: only E goes to the driver)."
+    left, right = band_edges(signatures, bands, rows, threshold, ids)
+    return np.stack([left, right]), len(left)
+
+def ray_components(ray, n: int, edge_refs: list) -> tuple[np.ndarray, int]:
+    "`component_labels` with one Ray task per edge partition (object refs of 2 x E arrays) and round."
+    task = ray.remote(num_cpus=1)(propose_labels)
+    def propose_all(labels):
+        ref = ray.put(labels)
+        return ray.get([task.remote(edges, ref) for edges in edge_refs])
+    return component_labels(n, propose_all)
+
+def ray_duplicates(ray, n: int, edge_refs: list, edges: int, max_driver_edges: int) -> np.ndarray:
+    "`dedup.cluster_duplicates` of edge partitions in the object store: on the driver up to `max_driver_edges` edges, else on Ray."
+    if edges <= max_driver_edges:
+        parts = ray.get(edge_refs)
+        return cluster_duplicates(n, *(np.concatenate([np.zeros(0, dtype=np.int64), *(p[k] for p in parts)]) for k in (0, 1)))
+    labels, rounds = ray_components(ray, n, edge_refs)
+    print(f"curate: {edges} near-duplicate pairs > max_driver_edges={max_driver_edges}: their components were computed on Ray in {rounds} rounds")
+    return labels != np.arange(n)
+
 # %% ../nbs/01d_engine.ipynb #8f0430fe
 @dataclass
 class Kept:
@@ -143,30 +212,53 @@ def _exact_firsts(kept_rows, workers: int) -> np.ndarray:
     return np.sort(np.concatenate([b["first"] for b in firsts.iter_batches(batch_format="numpy", batch_size=None)] or [np.zeros(0, np.int64)]))
 
 def _near_keep(ray, signatures: np.ndarray, cfg: CurateConfig, workers: int) -> np.ndarray:
-    "Keep mask after near dedup: a few LSH bands per Ray task, edges concatenated, components on the driver."
+    "Keep mask after near dedup: a few LSH bands per Ray task, their edges left in the object store, components by `ray_duplicates`."
     keep = np.ones(len(signatures), dtype=bool)
     if not (cfg.near_dedup and len(keep)): return keep
     bands, rows = lsh_params(cfg.near_dedup_threshold, cfg.num_perm)
     ids = np.flatnonzero(~(signatures == 0xFFFFFFFF).all(axis=1))  # files without shingles are never near duplicates
     sig_ref, ids_ref = ray.put(signatures), ray.put(ids)
-    task = ray.remote(num_cpus=1)(band_edges)
+    task = ray.remote(num_cpus=1, num_returns=2)(_edge_part)
     parts = [p.tolist() for p in np.array_split(np.arange(bands), min(bands, 2 * workers))]
-    edges = ray.get([task.remote(sig_ref, part, rows, cfg.near_dedup_threshold, ids_ref) for part in parts])
-    left, right = (np.concatenate([e[k] for e in edges]) for k in (0, 1))
-    return ~cluster_duplicates(len(signatures), left, right)
+    edge_refs, counts = zip(*(task.remote(sig_ref, part, rows, cfg.near_dedup_threshold, ids_ref) for part in parts))
+    return ~ray_duplicates(ray, len(signatures), list(edge_refs), sum(ray.get(list(counts))), cfg.max_driver_edges)
 
+# %% ../nbs/01d_engine.ipynb #78dd017f
 def _split_rows(batch: pa.Table, code_of: np.ndarray, code: int) -> pa.Table:
     "The records of `batch` whose file goes to split `code`, in The Stack's schema."
     mask = code_of[batch.column("idx").to_numpy()] == code
     return batch.filter(pa.array(mask)).select(RECORD_SCHEMA.names).cast(RECORD_SCHEMA)
 
-# %% ../nbs/01d_engine.ipynb #78dd017f
 def _write(examined, code_of: np.ndarray, codes_present: set, folders: dict) -> None:
     "Write each split's records with Ray Data's `write_parquet` into its (atomic) folder."
     for code, split in enumerate(SPLITS):
         if code in codes_present:
             examined.map_batches(_split_rows, fn_kwargs=dict(code_of=code_of, code=code), batch_format="pyarrow", batch_size=None).write_parquet(str(folders[split]))
 
+# %% ../nbs/01d_engine.ipynb #de25d41b
+def _examine_all(ray, shards: list, cfg: CurateConfig):
+    "The examined rows of every shard, materialized on the workers (one task per shard, `EXAMINE_RETRIES` retries)."
+    if not shards: return ray.data.from_arrow(EXAMINED_SCHEMA.empty_table()).materialize()
+    try:
+        return ray.data.from_items([{"shard": str(s)} for s in shards], override_num_blocks=len(shards)).map_batches(
+            examine_shards, fn_kwargs=dict(cfg=cfg), batch_format="pyarrow", batch_size=1,
+            ray_remote_args_fn=lambda: {"max_retries": EXAMINE_RETRIES}).materialize()  # Ray 2.60 names no parameter for it; this and `max_retries=` both warn of removal in 2.64
+    except (ray.exceptions.WorkerCrashedError, ray.exceptions.OutOfMemoryError) as e:
+        raise RuntimeError(f"engine=ray: a worker died {EXAMINE_RETRIES + 1} times examining one task's shards ({type(e).__name__}: killed, "
+                           "out of memory or a crash in a parser; Ray's logs say which); nothing was published: rerun, and if it dies again "
+                           "find the file with engine=local") from e
+
+def _gather(ray, dataset, schema: pa.Schema) -> pa.Table:
+    "`dataset` (columns of `schema`) on the driver, sorted by input index."
+    return pa.concat_tables([schema.empty_table(), *ray.get(dataset.to_arrow_refs())]).sort_by("idx")
+
+def _signatures(ray, kept_rows, firsts: np.ndarray, num_perm: int) -> np.ndarray:
+    "The signatures (uint32, one row per file) of the files in `firsts`, in input order."
+    table = _gather(ray, kept_rows.select_columns(["idx", "signature"]), pa.schema([("idx", pa.int64()), ("signature", pa.binary())]))
+    table = table.filter(pa.array(np.isin(table.column("idx").to_numpy(), firsts)))
+    return np.frombuffer(b"".join(table.column("signature").to_pylist()), dtype=np.uint32).reshape(len(firsts), num_perm)
+
+# %% ../nbs/01d_engine.ipynb #346d9f8d
 @contextmanager
 def _ray_curate(sources: list[Source], cfg: CurateConfig, out: Path):
     "The Ray engine: shards, examine, exact and near dedup, splits; a writer for `curate` to call."
@@ -178,10 +270,8 @@ def _ray_curate(sources: list[Source], cfg: CurateConfig, out: Path):
             from ray.data.expressions import col
             ctx = ray.data.DataContext.get_current(); ctx.execution_options.preserve_order = True; ctx.enable_progress_bars = False
             workers = max(int(ray.cluster_resources().get("CPU", 1)), 1)
-            examined = (ray.data.read_parquet([str(s) for s in shards]) if shards else ray.data.from_arrow(ITEM_SCHEMA.empty_table())).map_batches(
-                examine_batch, fn_kwargs=dict(cfg=cfg), batch_format="pyarrow", batch_size=64).materialize()
-            meta = pa.concat_tables([EXAMINED_SCHEMA.empty_table().drop_columns(["content", "signature"]),
-                                     *ray.get(examined.drop_columns(["content", "signature"]).to_arrow_refs())]).sort_by("idx")
+            examined = _examine_all(ray, shards, cfg)
+            meta = _gather(ray, examined.drop_columns(["content", "signature"]), EXAMINED_SCHEMA.empty_table().drop_columns(["content", "signature"]).schema)
             status = meta.column("status").to_numpy(zero_copy_only=False)
             removed = decided + Counter(status[status != "kept"].tolist())
             tasks = Counter(meta.filter(pc.equal(meta.column("status"), "contaminated")).column("detail").to_pylist())
@@ -189,11 +279,7 @@ def _ray_curate(sources: list[Source], cfg: CurateConfig, out: Path):
             firsts = _exact_firsts(kept_rows, workers)
             removed["exact_duplicate"] += int((status == "kept").sum()) - len(firsts)
             spooled = meta.filter(pa.array(np.isin(meta.column("idx").to_numpy(), firsts)))
-            sig_table = pa.concat_tables([pa.table({"idx": pa.array([], pa.int64()), "signature": pa.array([], pa.binary())}),
-                                          *ray.get(kept_rows.select_columns(["idx", "signature"]).to_arrow_refs())]).sort_by("idx")
-            sig_table = sig_table.filter(pa.array(np.isin(sig_table.column("idx").to_numpy(), firsts)))
-            signatures = np.frombuffer(b"".join(sig_table.column("signature").to_pylist()), dtype=np.uint32).reshape(len(firsts), cfg.num_perm)
-            keep = _near_keep(ray, signatures, cfg, workers)
+            keep = _near_keep(ray, _signatures(ray, kept_rows, firsts, cfg.num_perm), cfg, workers)
             kept = Kept(*(spooled.column(c).to_pylist() for c in ("group", "lang", "license", "package", "size", "pii")))
             codes, split_of = split_codes(kept, keep, cfg)
             code_of = np.full(seen, -1, dtype=np.int8)
@@ -204,6 +290,7 @@ def _ray_curate(sources: list[Source], cfg: CurateConfig, out: Path):
             yield Examined(dict(seen=seen, removed=removed, contaminated_tasks=tasks), kept, keep, codes, split_of, write)
     finally: shutil.rmtree(items, ignore_errors=True)
 
+# %% ../nbs/01d_engine.ipynb #54e29562
 def ray_engine(cfg: CurateConfig):
     "The Ray engine for `curate`, after checking that Ray imports and `cfg.engine_address` answers (ConfigError otherwise)."
     _import_ray()

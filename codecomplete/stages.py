@@ -94,6 +94,7 @@ class CurateConfig(StageConfig):
     group_by: str = setting("source", "unit of the split: 'source' (a repository, or a directory's top-level package) or 'file' (to hold out files of a single repository)")
     engine: str = setting("local", "'local' (processes on this machine) or 'ray' (Ray Data: pip install 'codecomplete[ray]'); the same dataset either way", affects_output=False)
     engine_address: str = setting("", "engine=ray: the Ray cluster to join (host:port, ray://host:port or 'auto'); '' = start a local Ray inside the run folder", affects_output=False)
+    max_driver_edges: int = setting(10_000_000, "engine=ray: near-duplicate pairs joined on the driver at most (about 16 bytes each); above it, connected components are computed on Ray (the same ones)", affects_output=False)
     card_dir: str = setting("", "also copy the data card here (e.g. data_cards); '' = only inside the run", affects_output=False)
 
     def validate(self):
@@ -120,7 +121,7 @@ class CurateConfig(StageConfig):
                           ("min_alphanum_fraction", 0 <= self.min_alphanum_fraction <= 1, "[0, 1] (0 = keep all)"),
                           ("auto_generated_lines", self.auto_generated_lines >= 0, ">= 0 (0 = no check)"),
                           ("decontaminate_min_chars", self.decontaminate_min_chars >= 1, ">= 1"),
-                          ("num_workers", self.num_workers >= 0, ">= 0 (0 = all cores)"), ("max_files", self.max_files >= 0, ">= 0 (0 = all)"))
+                          ("num_workers", self.num_workers >= 0, ">= 0 (0 = all cores)"), ("max_driver_edges", self.max_driver_edges >= 0, ">= 0 (0 = always on Ray)"), ("max_files", self.max_files >= 0, ">= 0 (0 = all)"))
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", self.dataset_name): raise ConfigError(f"dataset_name={self.dataset_name!r}: use letters, digits, '.', '_' and '-'")
 
 # %% ../nbs/00a_stages.ipynb #30dbc149

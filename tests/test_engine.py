@@ -1,8 +1,11 @@
-"""engine=ray: the records, splits and accounting of engine=local on a local 2-CPU Ray; clear errors for a missing Ray and
-an unreachable cluster (before the stage folder is touched); a killed run leaves no Ray process and nothing that looks finished."""
+"""engine=ray: the records, splits and accounting of engine=local on a local 2-CPU Ray, also with the near-duplicate components
+computed on Ray; clear errors for a missing Ray and an unreachable cluster (before the stage folder is touched); a killed run
+leaves no Ray process and nothing that looks finished; a worker killed mid-examine is retried (same dataset), one that always
+dies fails the stage cleanly."""
 import json, os, signal, socket, subprocess, sys, tempfile, time
 from pathlib import Path
 
+import numpy as np
 import psutil
 import pyarrow.parquet as pq
 import pytest
@@ -12,7 +15,7 @@ from codecomplete.curate import SPLITS, CurateConfig, curate
 
 try:
     import ray
-    from codecomplete.engine import start_local_ray
+    from codecomplete.engine import EXAMINE_RETRIES, ray_components, start_local_ray
 except ImportError:
     ray = None
 needs_ray = pytest.mark.skipif(ray is None, reason="RAY IS NOT INSTALLED, engine=ray IS NOT TESTED: pip install 'codecomplete[ray]' "
@@ -35,6 +38,7 @@ def corpus(tmp_path_factory) -> list[str]:
     (src / "pkg/latin.py").write_bytes("s = 'caf\xe9'\n".encode("latin-1"))
     (src / "pkg/notes.txt").write_text("not code")
     (src / "pkg/link.py").symlink_to(src / "pkg/glob.py")
+    os.mkfifo(src / "pkg/pipe.py")  # listed by the driver, unreadable where a worker opens it: a counted skip, as locally
     records = root / "records.jsonl"
     records.write_text("\n".join([json.dumps({"path": "r/a.py", "content": (STDLIB / "this.py").read_text(), "repo_name": "r"}),
                                   "{not json", json.dumps({"path": "r/b.py", "content": "x = '\ud800'"}),
@@ -42,11 +46,18 @@ def corpus(tmp_path_factory) -> list[str]:
     return [str(src), str(records)]
 
 
-def run(run_dir, sources, **kw):
-    out = curate(CurateConfig(run_dir=str(run_dir), sources=sources, group_by="file", validation_fraction=0.2, test_fraction=0.2, **kw))
+SPLIT_SETTINGS = dict(group_by="file", validation_fraction=0.2, test_fraction=0.2)
+
+
+def dataset(out: Path):
+    "(stats, records of each split sorted by source and path) of a finished curate stage folder."
     records = {s: sorted(pq.read_table(out / s).to_pylist(), key=lambda r: (r["source"], r["path"])) if any((out / s).iterdir()) else []
                for s in SPLITS}
     return json.loads((out / "stats.json").read_text()), records
+
+
+def run(run_dir, sources, **kw):
+    return dataset(curate(CurateConfig(run_dir=str(run_dir), sources=sources, **SPLIT_SETTINGS, **kw)))
 
 
 @pytest.fixture(scope="module")
@@ -69,12 +80,43 @@ def local_ray(tmp_path_factory):
 def test_ray_gives_the_local_dataset(local, local_ray, corpus, tmp_path):
     stats, records = local
     removed = {k: v for k, v in stats["removed"].items() if v}
-    assert {"exact_duplicate", "near_duplicate", "binary", "max_line_length", "undecodable", "unsupported_language", "symlink", "malformed_record"} <= set(removed), removed
+    assert {"exact_duplicate", "near_duplicate", "binary", "max_line_length", "undecodable", "unsupported_language", "symlink", "malformed_record",
+            "unreadable"} <= set(removed), removed
     assert all(records[s] for s in SPLITS), "the corpus must fill every split for the comparison to mean something"
     ray_stats, ray_records = run(tmp_path / "run", corpus, engine="ray")
     assert ray_stats == stats
     assert ray_records == records
     assert not list((tmp_path / "run/data").glob(".*")), "no shard, Ray folder or temporary split folder is left in the run"
+
+
+@needs_ray
+def test_components_on_ray_give_the_driver_dataset(local, local_ray, corpus, tmp_path, capsys):
+    "With an edge budget of 0 the near-duplicate components are computed on Ray: the same dataset as the driver's scipy path."
+    assert run(tmp_path / "run", corpus, engine="ray", max_driver_edges=0) == local
+    assert "their components were computed on Ray" in capsys.readouterr().out
+
+
+def _min_labels(n: int, left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    "Smallest member of each node's connected component, from scipy."
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+    _, comp = connected_components(coo_matrix((np.ones(len(left)), (left, right)), shape=(n, n)), directed=False)
+    smallest = np.full(comp.max() + 1, n); np.minimum.at(smallest, comp, np.arange(n))
+    return smallest[comp]
+
+
+@needs_ray
+def test_ray_components_of_long_chains_match_scipy(local_ray):
+    "Chains of 5,000 files numbered at random (label propagation's slow case), pairs and lone files, in 4 partitions: scipy's components."
+    n, rng = 30_000, np.random.default_rng(1)
+    order = rng.permutation(n)
+    chains, pairs = order[:20_000].reshape(4, 5_000), order[20_000:28_000].reshape(-1, 2)  # the last 2,000 files are alone
+    left = np.concatenate([chains[:, :-1].ravel(), pairs[:, 0]]); right = np.concatenate([chains[:, 1:].ravel(), pairs[:, 1]])
+    edges = rng.permutation(np.stack([left, right]), axis=1)
+    labels, rounds = ray_components(local_ray, n, [local_ray.put(p) for p in np.array_split(edges, 4, axis=1)])
+    assert np.array_equal(labels, _min_labels(n, left, right))
+    assert len(np.unique(labels)) == 4 + 4_000 + 2_000
+    assert 3 <= rounds <= 30, rounds  # several rounds, about logarithmic in the chain length
 
 
 def _free_port() -> int:
@@ -151,3 +193,53 @@ def test_job_command_of_ray_job_submit_joins_a_cluster(local, local_ray, corpus,
     differ = ("dataset", "fingerprint")  # the dataset is named after the run folder
     assert {k: v for k, v in json.loads((data / "stats.json").read_text()).items() if k not in differ} == {k: v for k, v in local[0].items() if k not in differ}
     assert json.loads((data / "stage_config.json").read_text())["config"]["engine_address"] == address
+
+
+WORKER_DIES = '''
+import json, os, sys, tempfile
+from pathlib import Path
+import ray
+from codecomplete.config import MARKER
+from codecomplete.curate import SPLITS, CurateConfig, curate
+from codecomplete.engine import start_local_ray
+cfg, control = json.loads(sys.argv[1]), Path(sys.argv[2])
+
+def die_in_examine():
+    "Worker setup: `examine` ends its worker process (os._exit, as a kill or the OOM killer would) while crashes are left in `control`."
+    import codecomplete.engine as engine
+    examine = engine.examine
+    def examine_or_die(item):
+        for k in range(int(control.read_text())):
+            try: os.close(os.open(control.with_name(f"crash-{k}"), os.O_CREAT | os.O_EXCL))
+            except FileExistsError: continue
+            os._exit(1)
+        return examine(item)
+    engine.examine = examine_or_die
+
+link = Path(tempfile.gettempdir(), f"cc-ray-dies-{os.getpid()}"); link.symlink_to(control.parent)
+start_local_ray(ray, 2, link, runtime_env={"worker_process_setup_hook": die_in_examine})
+data = Path(cfg["run_dir"]) / "data"
+control.write_text("1000")  # every examine attempt dies
+try: curate(CurateConfig(**cfg)); error = ""
+except Exception as e: error = f"{type(e).__name__}: {e}"
+crashes = len(list(control.parent.glob("crash-*")))
+looks_finished = (data / MARKER).exists() or any((data / s).exists() for s in SPLITS)
+control.write_text(str(crashes + 1))  # one more worker dies, then examine runs
+curate(CurateConfig(**cfg))
+print(json.dumps(dict(error=error[-400:], crashes=crashes, looks_finished=looks_finished, total=len(list(control.parent.glob("crash-*"))))))
+ray.shutdown(); link.unlink()
+'''
+
+
+@needs_ray
+def test_worker_killed_mid_examine_is_retried_and_one_always_killed_fails_cleanly(local, corpus, tmp_path):
+    "A Ray whose workers die inside `examine` on demand: always (the stage fails after EXAMINE_RETRIES, nothing looks finished), then once (retried: the local dataset)."
+    control = tmp_path / "ray" / "crashes"; control.parent.mkdir()
+    cfg = dict(run_dir=str(tmp_path / "run"), sources=corpus, engine="ray", **SPLIT_SETTINGS)
+    done = subprocess.run([sys.executable, "-c", WORKER_DIES, json.dumps(cfg), str(control)], capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    assert seen["error"].startswith(f"RuntimeError: engine=ray: a worker died {EXAMINE_RETRIES + 1} times"), seen
+    assert seen["crashes"] >= EXAMINE_RETRIES + 1 and not seen["looks_finished"], seen
+    assert seen["total"] == seen["crashes"] + 1, seen
+    assert dataset(tmp_path / "run/data") == local
