@@ -1,11 +1,13 @@
 """Which prompt convention scores the model best: FIM single-line exact match and HumanEval pass@1 (greedy) of one model
-under the three ways of ending a prompt that ends in whitespace (every HumanEval prompt and FIM prefix ends in "\\n"):
+under the ways of ending a prompt that ends in whitespace (every HumanEval prompt and FIM prefix ends in "\\n"), each
+with the FIM layout PSM or SPM (HumanEval is left to right: the layout does not touch it):
 
-- raw:        the prefix as given, trailing whitespace and all (the convention before issue #11);
+- raw:        the prefix as given, trailing whitespace and all (raw-psm is the convention before issue #11);
 - heal-free:  the trailing whitespace cut, the model left free to write it back (`make_prompt` without the constraint);
-- heal:       cut and written back first under `HealWhitespace` (what `generate` does now).
+- heal:       cut and written back first under `HealWhitespace` (what `generate` does now; heal-spm is the default).
 
 python bench/conventions.py --model runs/default/train/model [--fim-cases 200] [--problems 164] [--max-new-tokens 128]
+    [--conventions raw-psm,heal-free-psm,heal-psm,raw-spm,heal-spm]
 Quality figures: they do not depend on the load. Programs run in the sandbox (strict isolation, as the evaluate stage).
 """
 import argparse, contextlib, os, time
@@ -26,14 +28,15 @@ class _Free(complete.HealWhitespace):
 def convention(name: str):
     "Patch `generate`'s healing processor for the `heal-free` ablation; the others run the code as it is."
     saved = complete.HealWhitespace
-    if name == "heal-free": complete.HealWhitespace = _Free
+    if name.startswith("heal-free"): complete.HealWhitespace = _Free
     try: yield
     finally: complete.HealWhitespace = saved
 
 
 def prompt(tok, name: str, prefix: str, suffix, room) -> Prompt:
-    "The prompt of `prefix` (and `suffix`) under convention `name`."
-    return Prompt(prompt_ids(tok, prefix, suffix, room)) if name == "raw" else make_prompt(tok, prefix, suffix, room)
+    "The prompt of `prefix` (and `suffix`) under convention `name` (`<way>-<layout>`)."
+    way, layout = name.rsplit("-", 1)
+    return Prompt(prompt_ids(tok, prefix, suffix, room, layout)) if way == "raw" else make_prompt(tok, prefix, suffix, room, layout)
 
 
 def batched(model, tok, prompts, new, stop, batch=16):
@@ -49,7 +52,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="runs/default/train/model")
     ap.add_argument("--fim-cases", type=int, default=200); ap.add_argument("--problems", type=int, default=164)
-    ap.add_argument("--max-new-tokens", type=int, default=128); ap.add_argument("--conventions", default="raw,heal-free,heal")
+    ap.add_argument("--max-new-tokens", type=int, default=128); ap.add_argument("--conventions", default="raw-psm,heal-free-psm,heal-psm,raw-spm,heal-spm")
     args = ap.parse_args()
     model, tok = load_model(args.model)
     every = list(read_problems().values())
@@ -65,7 +68,7 @@ def main():
         with ThreadPoolExecutor(os.cpu_count()) as pool:
             passed = list(pool.map(lambda pc: check_completion(pc[0], pc[1], Limits(timeout=3.0, cpu_seconds=3)).passed, zip(problems, he)))
         right = [c["target"].strip() for c, h in zip(cases, hits) if h]
-        print(f"{name:9s}  FIM exact match {sum(hits)}/{len(hits)} = {sum(hits) / max(1, len(hits)):.3f}  "
+        print(f"{name:13s}  FIM exact match {sum(hits)}/{len(hits)} = {sum(hits) / max(1, len(hits)):.3f}  "
               f"HumanEval pass@1 {sum(passed)}/{len(passed)} = {sum(passed) / max(1, len(passed)):.3f}  "
               f"({time.perf_counter() - start:.0f} s)  lines right: {right[:8]}")
 

@@ -13,9 +13,9 @@ from .config import ConfigError
 from .tokenizer import FIM_TOKENS, encode_texts
 
 # %% auto #0
-__all__ = ['SENTINELS', 'fim_ids', 'save_random_model', 'weights_identity', 'load_model', 'prompt_ids', 'window_ids',
-           'prompt_room', 'heal_prefix', 'healed', 'Prompt', 'make_prompt', 'token_texts', 'HealWhitespace',
-           'truncate_at_stop', 'generate', 'complete', 'split_at_cursor']
+__all__ = ['SENTINELS', 'FIM_LAYOUTS', 'fim_ids', 'save_random_model', 'weights_identity', 'load_model', 'prompt_ids',
+           'window_ids', 'prompt_room', 'heal_prefix', 'healed', 'Prompt', 'make_prompt', 'token_texts',
+           'HealWhitespace', 'truncate_at_stop', 'generate', 'complete', 'split_at_cursor']
 
 # %% ../nbs/06_complete.ipynb #96b02d91
 SENTINELS = [FIM_TOKENS[k] for k in ("fim_prefix_token", "fim_suffix_token", "fim_middle_token")]
@@ -72,8 +72,11 @@ def load_model(model_dir: str, device: str | None = None):
     return _load(str(path), device, weights_identity(path))
 
 # %% ../nbs/06_complete.ipynb #5a7c31e0
-def prompt_ids(tokenizer, prefix: str, suffix: str | None = None, max_len: int | None = None) -> list[int]:
-    "The prompt's layout, `bos` prefix or `bos <fim_prefix> prefix <fim_suffix> suffix <fim_middle>`, windowed to `max_len` tokens (`make_prompt` adds the healing)."
+FIM_LAYOUTS = ("spm", "psm")
+
+def prompt_ids(tokenizer, prefix: str, suffix: str | None = None, max_len: int | None = None, layout: str = "spm") -> list[int]:
+    "The prompt's ids, windowed to `max_len`: `bos prefix`, or with a suffix SPM `bos <fim_prefix> <fim_suffix> suffix <fim_middle> prefix` or PSM `bos <fim_prefix> prefix <fim_suffix> suffix <fim_middle>`."
+    if layout not in FIM_LAYOUTS: raise ConfigError(f"layout={layout!r}: use 'spm' (the suffix first, the prefix just before the middle) or 'psm'")
     start = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     sentinels = [] if suffix is None else fim_ids(tokenizer)
     before, after = _encode(tokenizer, prefix), _encode(tokenizer, suffix or "")
@@ -84,7 +87,7 @@ def prompt_ids(tokenizer, prefix: str, suffix: str | None = None, max_len: int |
         before, after = window_ids(before, after, room)
     if suffix is None: return start + before
     pre, suf, mid = sentinels
-    return start + [pre] + before + [suf] + after + [mid]
+    return start + ([pre, suf] + after + [mid] + before if layout == "spm" else [pre] + before + [suf] + after + [mid])
 
 # %% ../nbs/06_complete.ipynb #5a7c31e1
 def window_ids(prefix: list[int], suffix: list[int], room: int) -> tuple[list[int], list[int]]:
@@ -121,10 +124,10 @@ class Prompt:
         "The generated `text` seen from after the caller's prefix: the whitespace written back dropped."
         return healed(text, self.whitespace)
 
-def make_prompt(tokenizer, prefix: str, suffix: str | None = None, max_len: int | None = None) -> Prompt:
+def make_prompt(tokenizer, prefix: str, suffix: str | None = None, max_len: int | None = None, layout: str = "spm") -> Prompt:
     "The prompt of every generation path (complete, HumanEval, FIM eval, server): `prefix` healed of its trailing whitespace, laid out by `prompt_ids`."
     body, whitespace = heal_prefix(prefix)
-    return Prompt(prompt_ids(tokenizer, body, suffix, max_len), whitespace)
+    return Prompt(prompt_ids(tokenizer, body, suffix, max_len, layout), whitespace)
 
 # %% ../nbs/06_complete.ipynb #c1e0a7d3
 @functools.lru_cache(maxsize=4)
@@ -210,11 +213,11 @@ def generate(model, tokenizer, prompts: list[Prompt], max_new_tokens: int = 64, 
 
 # %% ../nbs/06_complete.ipynb #eef7d8d1
 def complete(prefix: str, suffix: str | None = None, model=None, tokenizer=None, max_new_tokens: int = 64,
-             temperature: float = 0.0, top_p: float = 1.0, stop=(), num_samples: int = 1, seed: int | None = None):
-    "Complete `prefix` (fill the middle before `suffix` when given) with `model` (a folder or a loaded model + tokenizer)."
+             temperature: float = 0.0, top_p: float = 1.0, stop=(), num_samples: int = 1, seed: int | None = None, layout: str = "spm"):
+    "Complete `prefix` (fill the middle before `suffix` when given, in FIM `layout`) with `model` (a folder or a loaded model + tokenizer)."
     if model is None or isinstance(model, (str, Path)): model, tokenizer = load_model(str(model or "runs/default/train/model"))
     if tokenizer is None: raise ConfigError("pass the tokenizer with a loaded model, or pass a model folder as model=")
-    prompt = make_prompt(tokenizer, prefix, suffix, prompt_room(model, max_new_tokens))
+    prompt = make_prompt(tokenizer, prefix, suffix, prompt_room(model, max_new_tokens), layout)
     texts = generate(model, tokenizer, [prompt], max_new_tokens, temperature, top_p, stop, num_samples, batch_size=num_samples, seed=seed)[0]
     return texts[0] if num_samples == 1 else texts
 

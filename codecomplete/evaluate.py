@@ -178,7 +178,7 @@ def run_fim(cfg: EvaluateConfig, model, tokenizer, state) -> dict:
     except ConfigError as e: return {"skipped": str(e)}
     cases = fim_cases(list(read_problems().values())[:cfg.num_problems or 164], cfg.fim_max_cases)
     room = prompt_room(model, cfg.fim_max_new_tokens)
-    prompts = [make_prompt(tokenizer, c["prefix"], c["suffix"], room) for c in cases]
+    prompts = [make_prompt(tokenizer, c["prefix"], c["suffix"], room, cfg.fim_layout) for c in cases]
     by_length = sorted(range(len(cases)), key=lambda i: (len(prompts[i].ids), i))
     batches = [by_length[i:i + cfg.batch_size] for i in range(0, len(by_length), cfg.batch_size)]
     mine = [(i, t[0]) for b in shard(batches, state)

@@ -243,6 +243,7 @@ class EvaluateConfig(StageConfig):
     timeout: float = setting(10.0, "wall-clock seconds per executed sample")
     fim_max_cases: int = setting(1000, "single-line FIM cases to score (first N over the problems); 0 skips FIM")
     fim_max_new_tokens: int = setting(48, "longest infilled line in tokens")
+    fim_layout: str = setting("spm", "FIM prompt order: 'spm' (suffix first, the prefix right before the middle) or 'psm' (for models trained in PSM only)")
     batch_size: int = setting(16, "sequences generated together", affects_output=False)
     workers: int = setting(0, "sandbox processes in parallel (0 = all cores)", affects_output=False)
     allow_weak_isolation: bool = setting(False, "run samples even where the sandbox cannot isolate them (no user namespaces); each sample records what applied", affects_output=False)
@@ -258,6 +259,7 @@ class EvaluateConfig(StageConfig):
         for key in ("context", "max_new_tokens", "fim_max_new_tokens", "batch_size"):
             if getattr(self, key) < 1: raise ConfigError(f"{key}={getattr(self, key)} must be at least 1")
         if self.timeout <= 0: raise ConfigError(f"timeout={self.timeout} must be positive seconds")
+        if self.fim_layout not in ("spm", "psm"): raise ConfigError(f"fim_layout={self.fim_layout!r}: use 'spm' or 'psm'")
 
     def resolved_model_dir(self) -> Path: return Path(self.model_dir) if self.model_dir else stage_dir(self, "train") / "model"
     def resolved_test_data(self) -> Path: return Path(self.test_data) if self.test_data else stage_dir(self, "curate") / "test"

@@ -34,13 +34,20 @@ def test_stop_sequences_cut_the_text(model_dir):
 
 
 def test_fim_prompt_layout(model_dir):
+    "SPM by default (the suffix first, the prefix right before what the model writes), PSM on request, sentinel spellings in text stay text."
     _, tok = load_model(str(model_dir))
     v = tok.get_vocab()
     ids = prompt_ids(tok, "AB", "CD")
-    assert ids[0] == tok.bos_token_id and ids[1] == v["<fim_prefix>"] and ids[-1] == v["<fim_middle>"]
-    cut = ids.index(v["<fim_suffix>"])
-    assert tok.decode(ids[2:cut]) == "AB" and tok.decode(ids[cut + 1:-1]) == "CD"
+    assert ids[:3] == [tok.bos_token_id, v["<fim_prefix>"], v["<fim_suffix>"]]
+    cut = ids.index(v["<fim_middle>"])
+    assert tok.decode(ids[3:cut]) == "CD" and tok.decode(ids[cut + 1:]) == "AB"
+    psm = prompt_ids(tok, "AB", "CD", layout="psm")
+    assert psm[0] == tok.bos_token_id and psm[1] == v["<fim_prefix>"] and psm[-1] == v["<fim_middle>"]
+    cut = psm.index(v["<fim_suffix>"])
+    assert tok.decode(psm[2:cut]) == "AB" and tok.decode(psm[cut + 1:-1]) == "CD"
     assert ids.count(v["<fim_prefix>"]) == 1 and prompt_ids(tok, "<fim_prefix>").count(v["<fim_prefix>"]) == 0
+    assert make_prompt(tok, "AB\n", "CD").ids == ids and make_prompt(tok, "AB\n", "CD", layout="psm").ids == psm  # healing cuts the "\n"
+    with pytest.raises(ConfigError, match="layout='pms'"): prompt_ids(tok, "AB", "CD", layout="pms")
 
 
 def test_batched_equals_unbatched_greedy(model_dir):
