@@ -1,7 +1,7 @@
 """Completion server speed: closed-loop clients on 127.0.0.1 against `codecomplete serve`, beside in-process complete()
 and `transformers serve --continuous-batching`, plus the batching choice (our engine vs transformers' manager).
 
-    python bench/serve.py    # the main job's model, /tmp/ci/runs/default/train/model; about 5 minutes on a quiet 2-core CPU
+    python bench/serve.py    # the main job's model, /tmp/ci/runs/default/train/model; about 8 minutes on a quiet 2-core CPU
 
 Requests: single-line FIM completions cut from the held-out files of the model's run (`<run>/data/test`): the cursor at
 a random column of a random non-blank line, up to --before characters before it as prefix and --after after it as
@@ -10,7 +10,8 @@ Left-to-right (L2R) rows, the only kind `transformers serve` can do, send the sa
 without stop, so every server does the same work (up to --max-tokens, or an end token): in a first pass with the
 stop, transformers serve's answers averaged 31 tokens against our 13.5, so it did not stop where we did.
 Every client sends its next request when its last one ends (closed loop); each level is bounded by --requests and
---seconds. Requests stream, so time to first token is where the first event arrives. tok/s counts every path's
+--seconds. Our server runs twice: with 1 worker, and with --workers (default: the cores / --threads), after every
+worker answered /health and had a few warm-up requests. Requests stream, so time to first token is where the first event arrives. tok/s counts every path's
 answers re-encoded with the model's tokenizer, so all rows count the same way. Prints figures; asserts nothing. Load
 averages are printed: on a shared machine rerun quietly before quoting.
 """
@@ -173,13 +174,15 @@ def in_process(model, tok, reqs, max_tokens: int, fim: bool):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="/tmp/ci/runs/default/train/model"); ap.add_argument("--test-data", default=None)
-    ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16]); ap.add_argument("--requests", type=int, default=64)
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16]); ap.add_argument("--requests", type=int, default=256)
     ap.add_argument("--seconds", type=float, default=25); ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--before", type=int, default=1500, help="characters of the file before the cursor"); ap.add_argument("--after", type=int, default=500)
     ap.add_argument("--threads", type=int, default=1, help="torch threads, here and in both servers")
+    ap.add_argument("--workers", type=int, default=0, help="server workers for the second pass (default: the cores / --threads); the first has 1")
     ap.add_argument("--no-transformers-serve", action="store_true")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    args.workers = args.workers or max(1, len(os.sched_getaffinity(0)) // args.threads)
     model_dir = Path(args.model).resolve()
     test_dir = Path(args.test_data) if args.test_data else model_dir.parent.parent / "data" / "test"
     model, tok = load_model(str(model_dir), "cpu")
@@ -194,16 +197,22 @@ def main():
     batching_choice(model, tok, prompts[:16], args.max_tokens, args.threads)
     for fim in (True, False): in_process(model, tok, reqs, args.max_tokens, fim)
 
-    port = free_port(); url = f"http://127.0.0.1:{port}"
-    ours = start([sys.executable, "-c", "import sys; from codecomplete.cli import main; sys.exit(main(sys.argv[1:]))", "serve", "--model", str(model_dir),
-                  "--port", str(port), "--threads", str(args.threads), "--max-batch", str(max(args.clients))], url, "/health")
-    try:
-        warm(url, model_dir.name)
-        for fim in (True, False):
-            for c in args.clients:
-                report(f"codecomplete serve, {c:2d} clients, {'FIM' if fim else 'L2R'}",
-                       *closed_loop(url, model_dir.name, reqs, c, args.max_tokens, args.seconds, tok, fim))
-    finally: ours.terminate(); ours.wait(60)
+    one_client = {}
+    for workers in sorted({1, args.workers}):
+        port = free_port(); url = f"http://127.0.0.1:{port}"
+        ours = start([sys.executable, "-c", "import sys; from codecomplete.cli import main; sys.exit(main(sys.argv[1:]))", "serve", "--model", str(model_dir),
+                      "--port", str(port), "--threads", str(args.threads), "--max-batch", str(max(args.clients)), "--workers", str(workers)], url, "/health")
+        try:
+            while len({httpx.get(url + "/health").json()["worker"] for _ in range(8 * workers)}) < workers: time.sleep(0.5)  # every worker up
+            for _ in range(workers * 4): warm(url, model_dir.name)
+            for fim in (True, False):
+                for c in args.clients:
+                    lat, ttft, tokens, wall = closed_loop(url, model_dir.name, reqs, c, args.max_tokens, args.seconds, tok, fim)
+                    report(f"codecomplete serve, {workers} worker(s), {c:2d} clients, {'FIM' if fim else 'L2R'}", lat, ttft, tokens, wall)
+                    one_client.setdefault((fim, workers), tokens / wall)
+                    if c == max(args.clients) > 1:
+                        print(f"  {c} clients / 1 client, tok/s: {tokens / wall / one_client[fim, workers]:.2f}x", flush=True)
+        finally: ours.terminate(); ours.wait(60)
 
     if args.no_transformers_serve: return
     port = free_port(); url = f"http://127.0.0.1:{port}"

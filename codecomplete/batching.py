@@ -8,14 +8,14 @@ import asyncio, threading, time
 from collections import deque
 from dataclasses import dataclass, field
 import torch
-import torch.nn.functional as F
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from transformers import DynamicCache, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+from transformers.cache_utils import Cache, DynamicLayer
 from .complete import SENTINELS, HealWhitespace, Prompt, healed, make_prompt, truncate_at_stop
 
 # %% auto #0
-__all__ = ['Busy', 'Job', 'stable_text', 'row_processors', 'Row', 'make_rows', 'KVBatch', 'prefill', 'Metrics', 'Scheduler',
-           'Engine']
+__all__ = ['Busy', 'Job', 'stable_text', 'row_processors', 'Row', 'make_rows', 'SlotLayer', 'KVBatch', 'prefill', 'Metrics',
+           'Scheduler', 'Engine']
 
 # %% ../nbs/06c_batching.ipynb #97c4546e
 class Busy(Exception):
@@ -93,6 +93,7 @@ class Row:
         if self.processors:
             ids = torch.tensor([self.job.prompt.ids + self.ids], device=logits.device)
             logits = self.processors(ids, logits[None].float())[0]
+            if isinstance(self.processors[0], HealWhitespace) and not self.processors[0].pending: del self.processors[0]  # written back: done
         if self.job.temperature == 0: return int(logits.argmax())
         return int(torch.multinomial(logits.softmax(-1), 1, generator=self.generator))
 
@@ -107,48 +108,84 @@ def make_rows(job: Job, tokenizer) -> list[Row]:
     return [Row(job, c, row_processors(tokenizer, job.prompt, job.temperature, job.top_p), generator(c)) for c in range(job.n)]
 
 # %% ../nbs/06c_batching.ipynb #a344378d
+class SlotLayer(DynamicLayer):
+    "One layer of a `KVBatch` as transformers' attention sees it: a decode step writes its keys and values into the batch's buffers in place."
+    def __init__(self, batch: KVBatch, index: int):
+        super().__init__(); self.batch, self.index, self.is_initialized = batch, index, True
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        b, n = self.batch, len(self.batch.rows)
+        keys, values = b.keys[self.index], b.values[self.index]
+        keys[:n, :, b.end], values[:n, :, b.end] = key_states[:, :, -1], value_states[:, :, -1]
+        return keys[:n, :, b.start:b.end + 1], values[:n, :, b.start:b.end + 1]
+
+    def get_seq_length(self) -> int: return self.batch.end - self.batch.start
+
 class KVBatch:
-    "The running rows' KV cache, left-padded to one length, its attention mask, and the rows in cache order."
-    def __init__(self): self.cache, self.mask, self.rows = None, None, []
+    "The running rows' keys and values in buffers a step writes into in place: row i in slot i, every row ending at column `end`."
+    def __init__(self):
+        self.keys, self.values, self.mask, self.lengths, self.cache = [], [], None, None, None
+        self.rows, self.start, self.end = [], 0, 0
 
     def __len__(self): return len(self.rows)
 
+    def _fit(self, rows: int, left: int, like: list):
+        "Room for `rows` rows, a row of `left` columns ending at `end`, and one column after it; else new buffers, the live columns copied once."
+        if self.mask is not None and rows <= len(self.mask) and left <= self.end < self.mask.shape[1]: return
+        n, live, width = len(self.rows), slice(self.start, self.end), max(self.end - self.start, left)
+        have = 0 if self.mask is None else len(self.mask)
+        size, end = have if rows <= have else max(rows, 2 * have), width + 32  # room for a longer prompt on the left, width + 32 steps on the right
+        moved = slice(end - (self.end - self.start), end)
+        old = self.keys + self.values or [layer.keys for layer in like] + [layer.values for layer in like]
+        new = [t.new_zeros(size, t.shape[1], 2 * width + 64, t.shape[3]) for t in old]
+        mask, lengths = old[0].new_zeros(size, 2 * width + 64, dtype=torch.long), old[0].new_zeros(size, dtype=torch.long)
+        if self.mask is not None:
+            for a, b in zip(new, old): a[:n, :, moved] = b[:n, :, live]
+            mask[:n, moved], lengths[:n] = self.mask[:n, live], self.lengths[:n]
+        layers = len(new) // 2
+        self.keys, self.values, self.mask, self.lengths, self.start, self.end = new[:layers], new[layers:], mask, lengths, moved.start, end
+        self.cache = Cache(layers=[SlotLayer(self, i) for i in range(layers)])
+
     def join(self, cache: DynamicCache, rows: list):
-        "Add `rows`, whose prefilled `cache` (an unpadded prompt, one cache row per row) is given."
-        length = cache.get_seq_length()
-        mask = torch.ones(len(rows), length, dtype=torch.long, device=cache.layers[0].keys.device)
-        if self.cache is None: self.cache, self.mask, self.rows = cache, mask, list(rows); return
-        width, have = max(length, self.mask.shape[1]), self.mask.shape[1]
-        for old, new in zip(self.cache.layers, cache.layers):
-            old.keys = torch.cat([F.pad(old.keys, (0, 0, width - have, 0)), F.pad(new.keys, (0, 0, width - length, 0))])
-            old.values = torch.cat([F.pad(old.values, (0, 0, width - have, 0)), F.pad(new.values, (0, 0, width - length, 0))])
-        self.mask = torch.cat([F.pad(self.mask, (width - have, 0)), F.pad(mask, (width - length, 0))])
-        self.rows += rows
+        "Add `rows`, all continuing the prompt whose prefilled `cache` is given (unpadded; one cache row for all of them, or one each)."
+        length, n, k = cache.get_seq_length(), len(self.rows), len(rows)
+        self._fit(n + k, length, cache.layers)
+        cols = slice(self.end - length, self.end)
+        for keys, values, layer in zip(self.keys, self.values, cache.layers):
+            keys[n:n + k, :, cols], values[n:n + k, :, cols] = layer.keys, layer.values
+        self.mask[n:n + k] = 0; self.mask[n:n + k, cols] = 1; self.lengths[n:n + k] = length
+        self.start, self.rows = min(self.start, cols.start) if n else cols.start, self.rows + list(rows)
 
     def keep(self, rows: list):
-        "Keep only `rows` (in cache order) and drop the columns that are padding in all of them."
-        if not rows: self.cache, self.mask, self.rows = None, None, []; return
-        keep = set(map(id, rows))
-        index = torch.tensor([i for i, r in enumerate(self.rows) if id(r) in keep], device=self.mask.device)
-        mask = self.mask[index]
-        start = int(mask.any(0).int().argmax())
-        for layer in self.cache.layers: layer.keys, layer.values = layer.keys[index, :, start:], layer.values[index, :, start:]
-        self.mask, self.rows = mask[:, start:], [self.rows[i] for i in index.tolist()]
+        "Keep only `rows`: each one in a later slot moves into a freed slot (one copy per moved row); columns left of the longest row go."
+        kept, n = set(map(id, rows)), len(rows)
+        movers = [i for i in range(n, len(self.rows)) if id(self.rows[i]) in kept]
+        if movers:
+            holes = [i for i in range(n) if id(self.rows[i]) not in kept]
+            src, dst, live = self.lengths.new_tensor(movers), self.lengths.new_tensor(holes), slice(self.start, self.end)
+            for t in self.keys + self.values: t[dst, :, live] = t[src, :, live]
+            self.mask[dst, live], self.lengths[dst] = self.mask[src, live], self.lengths[src]
+            for s, d in zip(movers, holes): self.rows[d] = self.rows[s]
+        self.rows = self.rows[:n]
+        self.start = self.end - int(self.lengths[:n].max()) if n else self.end
 
     @torch.no_grad()
     def step(self, model, tokens: list[int]) -> torch.Tensor:
-        "One decode step: each row's last token in (`tokens`, in cache order), each row's next-token logits out (rows x vocab)."
-        self.mask = F.pad(self.mask, (0, 1), value=1)
-        tokens, positions = torch.tensor(tokens, device=self.mask.device)[:, None], self.mask.sum(1, keepdim=True) - 1
+        "One decode step: each row's last token in (`tokens`, in slot order), each row's next-token logits out (rows x vocab)."
+        n = len(self.rows)
+        self._fit(n, 0, [])
+        self.mask[:n, self.end] = 1
+        tokens = self.lengths.new_tensor(tokens)[:, None]
         # by position: newer transformers name the cache argument `cache`, older ones `past_key_values`
-        return model(tokens, self.mask, positions, self.cache, use_cache=True).logits[:, -1]
+        logits = model(tokens, self.mask[:n, self.start:self.end + 1], self.lengths[:n, None], self.cache, use_cache=True).logits[:, -1]
+        self.lengths[:n] += 1; self.end += 1
+        return logits
 
 @torch.no_grad()
-def prefill(model, ids: list[int], n: int = 1) -> tuple[DynamicCache, torch.Tensor]:
-    "The KV cache of the prompt `ids` alone (no padding: what `complete()` computes), repeated for `n` rows, and its next-token logits."
+def prefill(model, ids: list[int]) -> tuple[DynamicCache, torch.Tensor]:
+    "The KV cache of the prompt `ids` alone (no padding: what `complete()` computes) and its next-token logits."
     cache = DynamicCache(config=model.config)
     logits = model(torch.tensor([ids], device=model.device), None, None, cache, use_cache=True, logits_to_keep=1).logits[0, -1]
-    if n > 1: cache.batch_repeat_interleave(n)
     return cache, logits
 
 # %% ../nbs/06c_batching.ipynb #ce56f19f
@@ -156,8 +193,9 @@ class Metrics:
     "Prometheus metrics of one server's engine, in a registry of their own."
     def __init__(self):
         r = self.registry = CollectorRegistry()
-        self.running = Gauge("codecomplete_requests_running", "jobs being generated now", registry=r)
-        self.waiting = Gauge("codecomplete_requests_waiting", "jobs waiting to be admitted", registry=r)
+        # with several server workers (PROMETHEUS_MULTIPROC_DIR set), a gauge is the sum over the live workers
+        self.running = Gauge("codecomplete_requests_running", "jobs being generated now", registry=r, multiprocess_mode="livesum")
+        self.waiting = Gauge("codecomplete_requests_waiting", "jobs waiting to be admitted", registry=r, multiprocess_mode="livesum")
         buckets = (.01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60)
         self.ttft = Histogram("codecomplete_time_to_first_token_seconds", "request arrival to first generated token", buckets=buckets, registry=r)
         self.latency = Histogram("codecomplete_request_latency_seconds", "request arrival to last token", buckets=buckets, registry=r)
@@ -166,13 +204,29 @@ class Metrics:
         self.rejected = Counter("codecomplete_requests_rejected", "requests answered 503 (queue full, loading, draining)", registry=r)
 
 # %% ../nbs/06c_batching.ipynb #ed9b5e4a
+def _deliver(items: list[tuple[asyncio.Queue, tuple]]):
+    "Put each stream event in its request's queue (runs on the requests' event loop)."
+    for queue, event in items: queue.put_nowait(event)
+
 class Scheduler:
-    "The model thread's work on rows: give each its next token, end it by `generate`'s rules, answer it and drop it from the batch."
+    "The model thread's work on rows: give each its next token, end it by `generate`'s rules, stream it, answer it and drop it from the batch."
     def __init__(self, model, tokenizer, metrics: Metrics):
         self.model, self.tokenizer, self.metrics = model, tokenizer, metrics
         vocab = tokenizer.get_vocab()
         self.ends = {i for i in (tokenizer.eos_token_id, *(vocab.get(t) for t in (*SENTINELS, "<fim_pad>"))) if i is not None}
         self.batch, self.running = KVBatch(), {}  # running: job -> its rows
+        self.outbox: list[tuple[Job, tuple]] = []  # stream events of this step, handed over together by `flush`
+
+    def send(self, job: Job, *event):
+        "Queue a stream event of `job` (choice index, text delta, finish reason or None) for the next `flush`."
+        if job.events is not None and not job.cancelled: self.outbox.append((job, event))
+
+    def flush(self):
+        "Hand this step's stream events to their event loops: one wake-up per loop, not one per token."
+        by_loop = {}
+        for job, event in self.outbox: by_loop.setdefault(job.loop, []).append((job.events, event))
+        for loop, items in by_loop.items(): loop.call_soon_threadsafe(_deliver, items)
+        self.outbox = []
 
     def advance(self, row: Row, token: int, now: float):
         "Give `row` its next `token`, stream the text that became stable, and end the row when `generate` would."
@@ -185,13 +239,13 @@ class Scheduler:
         elif len(row.ids) >= job.max_tokens: self.end(row, "length", raw)
         elif job.events is not None and not job.cancelled:
             stable = stable_text(raw, job.stop, job.prompt.whitespace)
-            if len(stable) > len(row.sent): job.emit(job.base_index + row.choice, stable[len(row.sent):], None); row.sent = stable
+            if len(stable) > len(row.sent): self.send(job, job.base_index + row.choice, stable[len(row.sent):], None); row.sent = stable
 
     def end(self, row: Row, reason: str, raw: str | None = None):
         "End `row` with `reason`: its answer is its text so far, healed and cut at a stop; the rest of it is streamed."
         if raw is None: raw = self.tokenizer.decode([t for t in row.ids if t not in self.ends], skip_special_tokens=True)
         row.reason, row.text = reason, truncate_at_stop(row.job.prompt.completion(raw), row.job.stop)
-        if not row.job.cancelled: row.job.emit(row.job.base_index + row.choice, row.text[len(row.sent):] if row.text.startswith(row.sent) else "", reason)
+        self.send(row.job, row.job.base_index + row.choice, row.text[len(row.sent):] if row.text.startswith(row.sent) else "", reason)
 
     def expire(self, now: float):
         "End the running rows whose client went away or whose deadline has passed."
@@ -216,24 +270,25 @@ class Scheduler:
 def _admit(self: Scheduler, job: Job):
     "Prefill `job` alone, give each of its rows its first token, and join the rows still going to the batch."
     rows = self.running[job] = make_rows(job, self.tokenizer)
-    try: cache, logits = prefill(self.model, job.prompt.ids, job.n)
+    try: cache, logits = prefill(self.model, job.prompt.ids)
     except Exception as e: del self.running[job]; job.resolve(e); return
     now = time.monotonic()
     for row in rows: self.advance(row, row.pick(logits), now)
     self.batch.join(cache, rows)
-    self.sweep(now)
+    self.flush(); self.sweep(now)
 
 def _step(self: Scheduler):
     "One decode step of every running row, then answer the rows that ended."
-    self.expire(time.monotonic()); self.sweep(time.monotonic())
+    self.expire(time.monotonic()); self.flush(); self.sweep(time.monotonic())
     if not self.batch: return
     try: logits = self.batch.step(self.model, [r.ids[-1] for r in self.batch.rows])
     except Exception as e:
+        self.flush()
         for job in {r.job: None for r in self.batch.rows}: self.running.pop(job, None); job.resolve(e)
         self.batch = KVBatch(); self.metrics.running.set(len(self.running)); return
     now = time.monotonic()
     for row, scores in zip(self.batch.rows, logits): self.advance(row, row.pick(scores), now)
-    self.sweep(now)
+    self.flush(); self.sweep(now)
 
 Scheduler.admit, Scheduler.step = _admit, _step
 

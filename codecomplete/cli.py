@@ -119,10 +119,11 @@ def _add_serve_parser(sub):
     p.add_argument("--max-queue", type=int, help="requests waiting for a batch before 503 + Retry-After (default 64)")
     p.add_argument("--time-limit", type=float, help="seconds per request, queueing included (default 30)")
     p.add_argument("--drain-seconds", type=float, help="after SIGTERM, seconds in-flight requests get to finish (default 10)")
-    p.add_argument("--threads", type=int, help="torch threads for generation (default 0 = torch's choice; 1 is fastest on a busy CPU)")
+    p.add_argument("--threads", type=int, help="torch threads per worker (default 0 = torch's choice, or the cores shared out over --workers)")
+    p.add_argument("--workers", type=int, help="server processes on the port, each with the model (default 1; on a CPU, one per core)")
     p.set_defaults(func=_serve)
 
-_SERVE_KEYS = ("model", "host", "port", "api_key", "model_name", "device", "max_batch", "max_queue", "time_limit", "drain_seconds", "threads")
+_SERVE_KEYS = ("model", "host", "port", "api_key", "model_name", "device", "max_batch", "max_queue", "time_limit", "drain_seconds", "threads", "workers")
 
 def _serve(args) -> int:
     "`codecomplete serve`: run the server until SIGTERM (torch, transformers and FastAPI load only now)."

@@ -25,13 +25,14 @@ def _encode(tokenizer, text: str) -> list[int]:
     if getattr(tokenizer, "backend_tokenizer", None) is None: return tokenizer(text, add_special_tokens=False)["input_ids"]
     return encode_texts(tokenizer, [text])[0]
 
-def fim_ids(tokenizer) -> list[int]:
-    "Ids of `<fim_prefix>`, `<fim_suffix>`, `<fim_middle>`, or a clear error when the tokenizer has no FIM tokens."
+@functools.lru_cache(maxsize=8)
+def fim_ids(tokenizer) -> tuple[int, ...]:
+    "Ids of `<fim_prefix>`, `<fim_suffix>`, `<fim_middle>` (cached per tokenizer: its vocabulary is a dict built per call), or a clear error when it has none."
     vocab = tokenizer.get_vocab()
     missing = [t for t in SENTINELS if t not in vocab]
     if missing: raise ConfigError(f"this tokenizer has no {', '.join(missing)} tokens, so it cannot fill in the middle; "
                                   f"complete without a suffix, or use a model trained with FIM (codecomplete's pack stage)")
-    return [vocab[t] for t in SENTINELS]
+    return tuple(vocab[t] for t in SENTINELS)
 
 # %% ../nbs/06_complete.ipynb #bd7ce4a3
 def save_random_model(model_dir, tokenizer_dir, preset: str = "tiny", seed: int = 0) -> Path:
@@ -78,7 +79,7 @@ def prompt_ids(tokenizer, prefix: str, suffix: str | None = None, max_len: int |
     "The prompt's ids, windowed to `max_len`: `bos prefix`, or with a suffix SPM `bos <fim_prefix> <fim_suffix> suffix <fim_middle> prefix` or PSM `bos <fim_prefix> prefix <fim_suffix> suffix <fim_middle>`."
     if layout not in FIM_LAYOUTS: raise ConfigError(f"layout={layout!r}: use 'spm' (the suffix first, the prefix just before the middle) or 'psm'")
     start = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    sentinels = [] if suffix is None else fim_ids(tokenizer)
+    sentinels = [] if suffix is None else list(fim_ids(tokenizer))
     before, after = _encode(tokenizer, prefix), _encode(tokenizer, suffix or "")
     if max_len is not None:
         room = max_len - len(start + sentinels)

@@ -4,14 +4,14 @@
 
 # %% ../nbs/06b_serve.ipynb #f4fc71eb
 from __future__ import annotations
-import asyncio, hmac, json, re, sys, threading, time, uuid
+import asyncio, hmac, json, multiprocessing, multiprocessing.connection, os, re, shutil, signal, socket, sys, tempfile, threading, time, uuid
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-import uvicorn
+import torch, uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.exceptions import HTTPException
 from .batching import Busy, Engine, Job, Metrics
@@ -37,12 +37,13 @@ class ServeConfig:
     time_limit: float = 30.0      # seconds a request may take, queueing included; then it ends with what it has
     drain_seconds: float = 10.0   # after SIGTERM, how long in-flight requests get to finish
     max_body_bytes: int = 4 << 20 # request bodies above this are answered 413
-    threads: int = 0              # torch threads for generation; 0 = torch's default (1 is fastest on a busy CPU)
+    threads: int = 0              # torch threads per worker; 0 = torch's default, or the cores shared out when workers > 1
+    workers: int = 1              # server processes on the port, each with the model and an engine (CPU only when > 1)
 
     def __post_init__(self):
         if not (Path(self.model) / "config.json").is_file():
             raise ConfigError(f"--model {self.model} is not a model folder (no config.json); pass <run_dir>/train/model or any Hugging Face causal LM folder")
-        for name in ("port", "threads", "max_batch", "max_queue", "time_limit", "drain_seconds", "max_body_bytes"):
+        for name in ("port", "threads", "workers", "max_batch", "max_queue", "time_limit", "drain_seconds", "max_body_bytes"):
             if getattr(self, name) < (0 if name in ("port", "threads") else 1e-9) or name == "port" and self.port > 65535:
                 raise ConfigError(f"{name}={getattr(self, name)} is out of range; pick a positive value" + (" up to 65535" if name == "port" else ""))
 
@@ -174,10 +175,16 @@ class _State:
         "Load the model and start its engine (in a thread); `ready` once the engine has warmed up."
         try:
             self.model, self.tokenizer = load_model(self.cfg.model, self.cfg.device)
-            self.engine = Engine(self.model, self.tokenizer, self.metrics, self.cfg.max_batch, self.cfg.max_queue, self.cfg.threads)
+            self.engine = Engine(self.model, self.tokenizer, self.metrics, self.cfg.max_batch, self.cfg.max_queue, self.threads)
             while not self.engine.ready.wait(0.1) and self.engine.thread.is_alive(): pass
             if self.engine.error: raise self.engine.error
         except Exception as e: self.error = e
+
+    @property
+    def threads(self) -> int:
+        "torch threads of this worker's engine: the setting, or with several workers and no setting, the cores shared out."
+        if self.cfg.threads or self.cfg.workers == 1: return self.cfg.threads
+        return max(1, len(os.sched_getaffinity(0)) // self.cfg.workers)
 
     def require_ready(self):
         if self.draining: self.metrics.rejected.inc(); raise Busy("the server is shutting down; retry on another instance")
@@ -229,10 +236,13 @@ async def _stream(state: _State, jobs: list[Job], chunk, last):
     queue, open_choices = jobs[0].events, sum(j.n for j in jobs)
     try:
         while open_choices:
-            index, text, reason = await queue.get()
-            if index is None: yield _sse(as_api_error(text).body()); return
-            open_choices -= reason is not None
-            yield _sse(chunk(index, text, reason))
+            events, out = [await queue.get()], []
+            while not queue.empty(): events.append(queue.get_nowait())  # all that arrived meanwhile go out in one write
+            for index, text, reason in events:
+                if index is None: yield "".join(out) + _sse(as_api_error(text).body()); return
+                open_choices -= reason is not None
+                out.append(_sse(chunk(index, text, reason)))
+            yield "".join(out)
         for item in last(await asyncio.gather(*(j.done for j in jobs))): yield _sse(item)
         yield "data: [DONE]\n\n"
     finally:
@@ -331,12 +341,15 @@ def _routes(app: FastAPI, state: _State):
     @app.get("/health")
     async def health():
         status = "draining" if state.draining else "ok" if state.ready else "error" if state.error else "loading"
-        return JSONResponse({"status": status}, status_code=200 if status == "ok" else 503)
+        return JSONResponse({"status": status, "worker": os.getpid()}, status_code=200 if status == "ok" else 503)
 
     @app.get("/metrics")
     async def metrics(request: Request):
         state.check_key(request)
-        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        registry = state.metrics.registry
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):  # several workers: every worker's counts, summed
+            registry = CollectorRegistry(); multiprocess.MultiProcessCollector(registry)
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 # %% ../nbs/06b_serve.ipynb #5f200f2f
 def make_app(cfg: ServeConfig) -> FastAPI:
@@ -367,8 +380,8 @@ class _Uvicorn(uvicorn.Server):
         self.state.draining = True
         super().handle_exit(sig, frame)
 
-def serve(cfg: ServeConfig):
-    "Serve `cfg.model` over HTTP until SIGTERM or Ctrl-C (`codecomplete serve`)."
+def _serve_one(cfg: ServeConfig, sock: socket.socket | None = None):
+    "One server process: the app on uvicorn (on `sock`, or binding `cfg.host:cfg.port`) until SIGTERM; a model that cannot load is a `ConfigError`."
     app = make_app(cfg)
     state = app.state.serve
     server = _Uvicorn(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", timeout_graceful_shutdown=cfg.drain_seconds), state)
@@ -376,7 +389,66 @@ def serve(cfg: ServeConfig):
         while not state.ready and state.error is None and not server.should_exit: time.sleep(0.05)
         if state.error is not None: server.should_exit = True
         elif state.ready:
-            print(f"codecomplete serve: {cfg.name} ready on http://{cfg.host}:{cfg.port}/v1 (POST /v1/completions, /infill)", file=sys.stderr, flush=True)
+            print(f"codecomplete serve: {cfg.name} ready on http://{cfg.host}:{cfg.port}/v1 (POST /v1/completions, /infill; pid {os.getpid()})", file=sys.stderr, flush=True)
     threading.Thread(target=announce, name="codecomplete-announce", daemon=True).start()
-    server.run()
+    server.run(None if sock is None else [sock])
     if state.error is not None: raise ConfigError(f"cannot serve {cfg.model}: {type(state.error).__name__}: {state.error}")
+
+def _listener(host: str, port: int, reuse_port: bool) -> socket.socket:
+    "A listening TCP socket on `host:port`; with `reuse_port`, one of a group that the kernel spreads connections over."
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port: sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try: sock.bind((host, port))
+    except OSError as e: sock.close(); raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}; pick a free --port or stop what holds it") from None
+    sock.listen(2048); sock.set_inheritable(True)
+    return sock
+
+def _worker(cfg: ServeConfig, parent: int):
+    "A worker process of `serve`: its own listener in the port's group, ended when its parent goes."
+    os.setpgrp()  # Ctrl-C in a terminal reaches the parent, which forwards it once
+    def orphaned():
+        while os.getppid() == parent: time.sleep(1)
+        os.kill(os.getpid(), signal.SIGTERM)
+    threading.Thread(target=orphaned, name="codecomplete-orphaned", daemon=True).start()
+    try: _serve_one(cfg, _listener(cfg.host, cfg.port, reuse_port=True))
+    except ConfigError as e: print(f"codecomplete serve: error: {e}", file=sys.stderr, flush=True); sys.exit(2)
+
+def _serve_workers(cfg: ServeConfig):
+    "`cfg.workers` processes of `_serve_one` on one port; SIGTERM and Ctrl-C are forwarded to them once, then awaited."
+    if cfg.device not in (None, "cpu") or cfg.device is None and torch.cuda.is_available():
+        raise ConfigError(f"--workers {cfg.workers} is for CPUs: one process owns a GPU and batches for it; serve on the GPU with --workers 1")
+    probe = _listener(cfg.host, cfg.port, reuse_port=False)  # fails at once if the port is taken, and picks a free one for port 0
+    cfg = replace(cfg, port=probe.getsockname()[1]); probe.close()
+    metrics_dir = tempfile.mkdtemp(prefix="codecomplete-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
+    received = []
+    handlers = {sig: signal.signal(sig, lambda sig, frame: received.append(sig)) for sig in (signal.SIGTERM, signal.SIGINT)}
+    spawn = multiprocessing.get_context("spawn")
+    workers = [spawn.Process(target=_worker, args=(cfg, os.getpid()), name=f"codecomplete-worker-{i}") for i in range(cfg.workers)]
+    try:
+        for w in workers: w.start()
+        forwarded, first_out = False, None  # first_out: the worker that ended on its own, if one did before any signal
+        while any(w.is_alive() for w in workers):
+            if first_out is None and not received: first_out = next((w for w in workers if w.exitcode is not None), None)
+            if (received or first_out) and not forwarded:
+                for w in workers:
+                    if w.is_alive(): os.kill(w.pid, signal.SIGTERM)
+                forwarded = True
+            multiprocessing.connection.wait([w.sentinel for w in workers if w.is_alive()], timeout=0.2)
+    finally:
+        for w in workers:
+            if w.is_alive(): w.kill()
+            w.join()
+            if w.pid: multiprocess.mark_process_dead(w.pid)
+        for sig, handler in handlers.items(): signal.signal(sig, handler)
+        shutil.rmtree(metrics_dir, ignore_errors=True); os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    if not received:
+        how = f"was killed by signal {-first_out.exitcode}" if first_out.exitcode < 0 else f"exited with status {first_out.exitcode} (its error is above)"
+        raise ConfigError(f"cannot serve {cfg.model}: worker {first_out.pid} {how}; the other workers were stopped")
+    signal.raise_signal(received[0])  # end as a single server does: by the signal that stopped it
+
+def serve(cfg: ServeConfig):
+    "Serve `cfg.model` over HTTP until SIGTERM or Ctrl-C (`codecomplete serve`): in this process, or in `cfg.workers` on one port."
+    if cfg.workers == 1: _serve_one(cfg)
+    else: _serve_workers(cfg)

@@ -43,20 +43,26 @@ def alone(lm, prefix, suffix=None, **kw) -> str:
     return complete(prefix, suffix, *lm, **kw)
 
 
-def test_left_padded_rows_step_as_they_would_alone(lm):
-    "A row joined beside longer and shorter ones gets the logits of its own sequence run alone, at every step."
+def test_rows_in_slots_step_as_they_would_alone(lm):
+    "Rows beside longer and shorter ones, after a row left from the middle, after a longer prompt joined (new buffers) and past the buffers' right edge: each row gets the logits of its own sequence run alone."
     model, tok = lm
-    prompts = [make_prompt(tok, p).ids for p in ("x", "import os\nimport sys\n\nclass A:\n    def f(self):\n", "def g():\n")]
-    batch, seqs = batching.KVBatch(), []
-    for ids in prompts:
+    batch, seqs, buffers = batching.KVBatch(), {}, []
+    def join(text):
+        ids = make_prompt(tok, text).ids
         cache, logits = batching.prefill(model, ids)
-        seqs.append(ids + [int(logits.argmax())]); batch.join(cache, [None])
-    for _ in range(4):
-        logits = batch.step(model, [s[-1] for s in seqs])
-        for seq, got in zip(seqs, logits):
-            with torch.no_grad(): want = model(torch.tensor([seq])).logits[0, -1]
+        row = object(); seqs[row] = ids + [int(logits.argmax())]; batch.join(cache, [row])
+    for text in ("x", "import os\nimport sys\n\nclass A:\n    def f(self):\n", "def g():\n"): join(text)
+    for k in range(130):
+        if k == 2: batch.keep([r for i, r in enumerate(batch.rows) if i != 1])  # a middle slot frees: the last row moves into it
+        if k == 3: join("class B:\n    pass\n" * 8)  # longer than the room left of `end`: new buffers
+        if not any(b is batch.keys[0] for b in buffers): buffers.append(batch.keys[0])  # held, so no id is reused
+        logits = batch.step(model, [seqs[r][-1] for r in batch.rows])
+        for row, got in zip(batch.rows, logits):
+            with torch.no_grad(): want = model(torch.tensor([seqs[row]])).logits[0, -1]
             torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-4)
-            seq.append(int(got.argmax()))
+            seqs[row].append(int(got.argmax()))
+    assert len(batch) == 3 and len(buffers) >= 3  # the first buffers, the long prompt's, and at least one past the right edge
+    assert batch.end - batch.start == max(len(s) for s in seqs.values()) - 1  # attends over the longest row only
 
 
 def test_rows_that_end_early_leave_while_others_continue(lm):

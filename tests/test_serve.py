@@ -1,9 +1,9 @@
 """The completion server over a real socket on 127.0.0.1: the openai client with suffix (streaming and not) equals
 complete(), Continue's raw template equals suffix, llama.vim's /infill, cancellation on disconnect, the full queue,
 auth, every bad input a 4xx, SIGTERM drains, and the light commands never import torch."""
-import json, os, signal, socket, subprocess, sys, threading, time
+import concurrent.futures, json, os, signal, socket, subprocess, sys, threading, time
 from pathlib import Path
-import httpx, openai, pytest, torch
+import httpx, openai, psutil, pytest, torch
 from prometheus_client.parser import text_string_to_metric_families
 from codecomplete.complete import complete, load_model, save_random_model
 from codecomplete.pack import sample_run
@@ -192,9 +192,12 @@ def test_prompt_longer_than_the_positions_is_windowed_like_complete(server, clie
     assert got.choices[0].text == ours(model_dir, prefix, "\nprint(x)\n", max_new_tokens=5) and got.usage.prompt_tokens <= 1024 - 5
 
 
-def test_sigterm_drains_in_flight_and_refuses_new(model_dir):
-    s = Server(model_dir, "--drain-seconds", "60")
+@pytest.mark.parametrize("workers", [1, 2])
+def test_sigterm_drains_in_flight_and_refuses_new(model_dir, workers):
+    s = Server(model_dir, "--drain-seconds", "60", "--workers", str(workers))
     try:
+        every_worker_up(s, workers)
+        children = psutil.Process(s.proc.pid).children()  # the workers (and multiprocessing's resource tracker)
         result = {}
         def long_request():
             result["r"] = httpx.post(s.url + "/v1/completions", json=dict(prompt=BUSY, max_tokens=150), timeout=120)
@@ -202,12 +205,52 @@ def test_sigterm_drains_in_flight_and_refuses_new(model_dir):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and 'codecomplete_requests_running 1.0' not in httpx.get(s.url + "/metrics").text: time.sleep(0.05)
         s.proc.send_signal(signal.SIGTERM)
-        time.sleep(0.5)
-        with pytest.raises(httpx.TransportError): httpx.get(s.url + "/health", timeout=5)  # the listening socket is closed
+        deadline = time.monotonic() + 10
+        with pytest.raises(httpx.TransportError):  # the listening socket is closed
+            while time.monotonic() < deadline: httpx.get(s.url + "/health", timeout=5); time.sleep(0.1)
         t.join(120)
         assert result["r"].status_code == 200 and result["r"].json()["usage"]["completion_tokens"] == 150
-        assert s.proc.wait(30) == -signal.SIGTERM  # uvicorn ends by the signal it got, once drained
+        assert s.proc.wait(30) == -signal.SIGTERM  # uvicorn ends by the signal it got, once drained; the parent of workers too
+        assert not psutil.wait_procs(children, timeout=30)[1]  # none outlives the server
     finally: s.stop()
+
+
+def every_worker_up(s: Server, workers: int) -> set[int]:
+    "The pids of `s`'s workers, once each has answered /health with 200 (a new connection per probe: the kernel spreads them)."
+    seen, deadline = set(), time.monotonic() + 300
+    while len(seen) < workers:
+        assert time.monotonic() < deadline, f"only workers {seen} came up"
+        r = httpx.get(s.url + "/health", timeout=10)
+        if r.status_code == 200: seen.add(r.json()["worker"])
+    return seen
+
+
+def test_workers_share_the_port_and_sum_their_metrics(model_dir):
+    "Two worker processes on one port: connections reach both, answers are complete()'s, /metrics from either sums both."
+    s = Server(model_dir, "--workers", "2", "--api-key", KEY)
+    try:
+        pids = every_worker_up(s, 2)
+        assert s.proc.pid not in pids and pids <= {p.pid for p in psutil.Process(s.proc.pid).children()}
+        prompts = ["import os\n", "def f(x):\n", "class A:\n", "x = 1\n"] * 4
+        def ask(prefix):  # a new connection per request, so requests land on both workers
+            r = httpx.post(s.url + "/v1/completions", json=dict(prompt=prefix, max_tokens=6), headers={"Authorization": f"Bearer {KEY}"}, timeout=120)
+            return r.json()
+        with concurrent.futures.ThreadPoolExecutor(8) as pool: answers = list(pool.map(ask, prompts))
+        for prefix, answer in zip(prompts[:4], answers[:4]): assert answer["choices"][0]["text"] == ours(model_dir, prefix, max_new_tokens=6)
+        total = sum(a["usage"]["completion_tokens"] for a in answers)
+        assert {s.metrics()["codecomplete_generated_tokens_total"] for _ in range(8)} == {total}  # whichever worker answers
+    finally: s.stop()
+
+
+def test_workers_refuse_a_gpu_and_a_taken_port(model_dir):
+    code = "import sys; from codecomplete.cli import main; sys.exit(main(sys.argv[1:]))"
+    gpu = subprocess.run([sys.executable, "-c", code, "serve", "--model", str(model_dir), "--workers", "2", "--device", "cuda"], capture_output=True, text=True, timeout=300)
+    assert gpu.returncode == 2 and "--workers 2 is for CPUs" in gpu.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0)); taken.listen()
+        busy = subprocess.run([sys.executable, "-c", code, "serve", "--model", str(model_dir), "--workers", "2", "--port", str(taken.getsockname()[1])],
+                              capture_output=True, text=True, timeout=300)
+    assert busy.returncode == 2 and "cannot listen on 127.0.0.1" in busy.stderr and "pick a free --port" in busy.stderr
 
 
 def test_light_commands_do_not_import_torch():
