@@ -46,9 +46,11 @@ def check_address(address: str, timeout: float = 5.0):
 
 # %% ../nbs/01d_engine.ipynb #996fe4b8
 def _remove_stale(out: Path):
-    "Remove the Ray folders in `out` and their links whose curate process no longer runs."
+    "Remove the Ray folders in `out` whose curate process no longer runs, and each one's link if it still points there."
     for folder, pid in stale_folders(out, ".ray-", ".items-"):
-        Path(tempfile.gettempdir(), f"cc-ray-{pid}").unlink(missing_ok=True); shutil.rmtree(folder, ignore_errors=True)
+        link = Path(tempfile.gettempdir(), f"cc-ray-{pid}")  # pids wrap: a later process of that pid may own a link of that name
+        if link.is_symlink() and Path(os.readlink(link)).resolve() == folder.resolve(): link.unlink()
+        shutil.rmtree(folder, ignore_errors=True)
 
 START_ATTEMPTS = 3  # the raylet gives its dashboard agent 15 s to start (not configurable); a busy machine misses it, a retry finds its imports cached
 
