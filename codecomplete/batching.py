@@ -47,15 +47,17 @@ class Job:
         "Hand a stream event to the request's event loop (called from the model thread)."
         if self.events is not None: self.loop.call_soon_threadsafe(self.events.put_nowait, event)
 
+    def settle(self, result):
+        "Set the job's future to `result` (runs on the request's event loop)."
+        if self.done.done(): return
+        if isinstance(result, Exception): self.done.set_exception(result)
+        else: self.done.set_result(result)
+
     def resolve(self, result):
         "Finish the job with `result` (a list of `(text, finish_reason, tokens)` choices, or an exception) from any thread."
         self.resolved = True
         if isinstance(result, Exception): self.emit(None, result, None)
-        def settle():
-            if self.done.done(): return
-            if isinstance(result, Exception): self.done.set_exception(result)
-            else: self.done.set_result(result)
-        self.loop.call_soon_threadsafe(settle)
+        self.loop.call_soon_threadsafe(self.settle, result)
 
 # %% ../nbs/06c_batching.ipynb #ea7deb8d
 def stable_text(text: str, stop: list[str], whitespace: str) -> str:
@@ -125,20 +127,26 @@ class KVBatch:
     "The running rows' keys and values in buffers a step writes into in place: row i in slot i, every row ending at column `end`."
     def __init__(self):
         self.keys, self.values, self.mask, self.lengths, self.cache = [], [], None, None, None
-        self.rows, self.start, self.end = [], 0, 0
+        self.rows, self.start, self.end, self.widest = [], 0, 0, 0  # widest: the most columns a row or a prompt has needed
 
     def __len__(self): return len(self.rows)
 
     def _fit(self, rows: int, left: int, like: list):
-        "Room for `rows` rows, a row of `left` columns ending at `end`, and one column after it; else new buffers, the live columns copied once."
+        "Room for `rows` rows, a row of `left` columns ending at `end`, and one column after it: else the live columns move (into new buffers if need be)."
         if self.mask is not None and rows <= len(self.mask) and left <= self.end < self.mask.shape[1]: return
-        n, live, width = len(self.rows), slice(self.start, self.end), max(self.end - self.start, left)
+        n, live = len(self.rows), slice(self.start, self.end)
+        self.widest = max(self.widest, live.stop - live.start, left)
+        end, columns = self.widest + 32, 2 * self.widest + 64  # room for the widest prompt yet on the left, widest + 32 steps on the right
+        moved = slice(end - (live.stop - live.start), end)
         have = 0 if self.mask is None else len(self.mask)
-        size, end = have if rows <= have else max(rows, 2 * have), width + 32  # room for a longer prompt on the left, width + 32 steps on the right
-        moved = slice(end - (self.end - self.start), end)
+        if have and rows <= have and columns <= self.mask.shape[1]:  # big enough: move the live columns within the buffers
+            for t in self.keys + self.values: t[:n, :, moved] = t[:n, :, live].clone()
+            self.mask[:n, moved] = self.mask[:n, live].clone()
+            self.start, self.end = moved.start, end; return
+        size = have if rows <= have else max(rows, 2 * have)
         old = self.keys + self.values or [layer.keys for layer in like] + [layer.values for layer in like]
-        new = [t.new_zeros(size, t.shape[1], 2 * width + 64, t.shape[3]) for t in old]
-        mask, lengths = old[0].new_zeros(size, 2 * width + 64, dtype=torch.long), old[0].new_zeros(size, dtype=torch.long)
+        new = [t.new_zeros(size, t.shape[1], columns, t.shape[3]) for t in old]
+        mask, lengths = old[0].new_zeros(size, columns, dtype=torch.long), old[0].new_zeros(size, dtype=torch.long)
         if self.mask is not None:
             for a, b in zip(new, old): a[:n, :, moved] = b[:n, :, live]
             mask[:n, moved], lengths[:n] = self.mask[:n, live], self.lengths[:n]
@@ -204,9 +212,9 @@ class Metrics:
         self.rejected = Counter("codecomplete_requests_rejected", "requests answered 503 (queue full, loading, draining)", registry=r)
 
 # %% ../nbs/06c_batching.ipynb #ed9b5e4a
-def _deliver(items: list[tuple[asyncio.Queue, tuple]]):
-    "Put each stream event in its request's queue (runs on the requests' event loop)."
-    for queue, event in items: queue.put_nowait(event)
+def _deliver(calls: list[tuple[callable, object]]):
+    "Run the handed-over calls in order: stream events into their queues, answers into their futures (on the requests' event loop)."
+    for call, arg in calls: call(arg)
 
 class Scheduler:
     "The model thread's work on rows: give each its next token, end it by `generate`'s rules, stream it, answer it and drop it from the batch."
@@ -215,17 +223,21 @@ class Scheduler:
         vocab = tokenizer.get_vocab()
         self.ends = {i for i in (tokenizer.eos_token_id, *(vocab.get(t) for t in (*SENTINELS, "<fim_pad>"))) if i is not None}
         self.batch, self.running = KVBatch(), {}  # running: job -> its rows
-        self.outbox: list[tuple[Job, tuple]] = []  # stream events of this step, handed over together by `flush`
+        self.outbox: list[tuple[Job, callable, object]] = []  # this step's stream events and answers, handed over by `flush`
 
     def send(self, job: Job, *event):
         "Queue a stream event of `job` (choice index, text delta, finish reason or None) for the next `flush`."
-        if job.events is not None and not job.cancelled: self.outbox.append((job, event))
+        if job.events is not None and not job.cancelled: self.outbox.append((job, job.events.put_nowait, event))
+
+    def answer(self, job: Job, result: list):
+        "Queue `job`'s answer (its choices) for the next `flush`, after its stream events."
+        job.resolved = True; self.outbox.append((job, job.settle, result))
 
     def flush(self):
-        "Hand this step's stream events to their event loops: one wake-up per loop, not one per token."
+        "Hand this step's stream events and answers to their event loops: one wake-up per loop, not one per token."
         by_loop = {}
-        for job, event in self.outbox: by_loop.setdefault(job.loop, []).append((job.events, event))
-        for loop, items in by_loop.items(): loop.call_soon_threadsafe(_deliver, items)
+        for job, call, arg in self.outbox: by_loop.setdefault(job.loop, []).append((call, arg))
+        for loop, calls in by_loop.items(): loop.call_soon_threadsafe(_deliver, calls)
         self.outbox = []
 
     def advance(self, row: Row, token: int, now: float):
@@ -263,7 +275,7 @@ class Scheduler:
             if job.cancelled: continue
             self.metrics.tokens.inc(sum(len(r.ids) for r in rows))
             self.metrics.ttft.observe((job.first_token or now) - job.created); self.metrics.latency.observe(now - job.created)
-            job.resolve([(r.text, r.reason, len(r.ids)) for r in rows])
+            self.answer(job, [(r.text, r.reason, len(r.ids)) for r in rows])
         self.metrics.running.set(len(self.running))
 
 # %% ../nbs/06c_batching.ipynb #9a46440b
@@ -275,11 +287,11 @@ def _admit(self: Scheduler, job: Job):
     now = time.monotonic()
     for row in rows: self.advance(row, row.pick(logits), now)
     self.batch.join(cache, rows)
-    self.flush(); self.sweep(now)
+    self.sweep(now); self.flush()
 
 def _step(self: Scheduler):
     "One decode step of every running row, then answer the rows that ended."
-    self.expire(time.monotonic()); self.flush(); self.sweep(time.monotonic())
+    self.expire(time.monotonic()); self.sweep(time.monotonic()); self.flush()
     if not self.batch: return
     try: logits = self.batch.step(self.model, [r.ids[-1] for r in self.batch.rows])
     except Exception as e:
@@ -288,7 +300,7 @@ def _step(self: Scheduler):
         self.batch = KVBatch(); self.metrics.running.set(len(self.running)); return
     now = time.monotonic()
     for row, scores in zip(self.batch.rows, logits): self.advance(row, row.pick(scores), now)
-    self.flush(); self.sweep(now)
+    self.sweep(now); self.flush()
 
 Scheduler.admit, Scheduler.step = _admit, _step
 

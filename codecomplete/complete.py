@@ -136,20 +136,21 @@ def token_texts(tokenizer) -> tuple[list[str], frozenset]:
     "The text of every token id of `tokenizer`, and the ids of its special tokens (cached per tokenizer)."
     return tokenizer.batch_decode([[i] for i in range(len(tokenizer))]), frozenset(tokenizer.all_special_ids)
 
+@functools.lru_cache(maxsize=1024)
+def _allowed(tokenizer, need: str, width: int) -> torch.Tensor:
+    texts, special = token_texts(tokenizer)
+    ok = [i not in special and t != "" and (t.startswith(need) or need.startswith(t)) for i, t in enumerate(texts)]
+    return torch.tensor(ok + [False] * (width - len(ok)))
+
 class HealWhitespace(LogitsProcessor):
     "Per row, allow only tokens that continue the prompt's healed whitespace until the row has written it back."
     def __init__(self, tokenizer, whitespaces: list[str], prompt_len: int):
         self.tokenizer, self.whitespaces, self.prompt_len = tokenizer, whitespaces, prompt_len
         self.pending = {r for r, w in enumerate(whitespaces) if w}
-        self.masks: dict[str, torch.Tensor] = {}
 
     def allowed(self, need: str, width: int) -> torch.Tensor:
-        "Mask over `width` logits of the tokens that write `need` or its beginning (cached per `need`)."
-        if need not in self.masks:
-            texts, special = token_texts(self.tokenizer)
-            ok = [i not in special and t != "" and (t.startswith(need) or need.startswith(t)) for i, t in enumerate(texts)]
-            self.masks[need] = torch.tensor(ok + [False] * (width - len(ok)))
-        return self.masks[need]
+        "Mask over `width` logits of the tokens that write `need` or its beginning (cached per tokenizer, `need` and `width`)."
+        return _allowed(self.tokenizer, need, width)
 
     def __call__(self, input_ids, scores):
         for r in list(self.pending):
