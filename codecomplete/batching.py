@@ -295,7 +295,6 @@ def _step(self: Scheduler):
     if not self.batch: return
     try: logits = self.batch.step(self.model, [r.ids[-1] for r in self.batch.rows])
     except Exception as e:
-        self.flush()
         for job in {r.job: None for r in self.batch.rows}: self.running.pop(job, None); job.resolve(e)
         self.batch = KVBatch(); self.metrics.running.set(len(self.running)); return
     now = time.monotonic()

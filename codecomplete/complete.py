@@ -138,6 +138,7 @@ def token_texts(tokenizer) -> tuple[list[str], frozenset]:
 
 @functools.lru_cache(maxsize=1024)
 def _allowed(tokenizer, need: str, width: int) -> torch.Tensor:
+    "Mask over `width` logits of the tokens that write `need` or its beginning (cached per tokenizer, `need` and `width`)."
     texts, special = token_texts(tokenizer)
     ok = [i not in special and t != "" and (t.startswith(need) or need.startswith(t)) for i, t in enumerate(texts)]
     return torch.tensor(ok + [False] * (width - len(ok)))
@@ -148,15 +149,11 @@ class HealWhitespace(LogitsProcessor):
         self.tokenizer, self.whitespaces, self.prompt_len = tokenizer, whitespaces, prompt_len
         self.pending = {r for r, w in enumerate(whitespaces) if w}
 
-    def allowed(self, need: str, width: int) -> torch.Tensor:
-        "Mask over `width` logits of the tokens that write `need` or its beginning (cached per tokenizer, `need` and `width`)."
-        return _allowed(self.tokenizer, need, width)
-
     def __call__(self, input_ids, scores):
         for r in list(self.pending):
             done = self.tokenizer.decode(input_ids[r, self.prompt_len:], skip_special_tokens=True)
             need = self.whitespaces[r][len(done):] if self.whitespaces[r].startswith(done) else ""
-            mask = self.allowed(need, scores.shape[1]).to(scores.device) if need else None
+            mask = _allowed(self.tokenizer, need, scores.shape[1]).to(scores.device) if need else None
             if mask is None or not mask.any(): self.pending.discard(r); continue
             scores[r] = scores[r].masked_fill(~mask, float("-inf"))
         return scores
