@@ -9,15 +9,16 @@ suffix, stop at the line break, up to --max-tokens new tokens, greedy. The promp
 Left-to-right (L2R) rows, the only kind `transformers serve` can do, send the same prefixes without suffix and
 without stop, so every server does the same work (up to --max-tokens, or an end token): in a first pass with the
 stop, transformers serve's answers averaged 31 tokens against our 13.5, so it did not stop where we did.
-Every client sends its next request when its last one ends (closed loop); each level is bounded by --requests and
---seconds. Our server runs twice: with 1 worker, and with --workers (default: the cores / --threads), after every
+Every client sends its next request when its last one ends (closed loop); the clients are asyncio tasks on one thread
+(aiohttp), and each level is bounded by --requests and --seconds. Each level also prints the CPU per request of the
+server's processes and of the clients, and the share of the machine left idle: the clients run on the same cores. Our server runs twice: with 1 worker, and with --workers (default: the cores / --threads), after every
 worker answered /health and had a few warm-up requests. Requests stream, so time to first token is where the first event arrives. tok/s counts every path's
 answers re-encoded with the model's tokenizer, so all rows count the same way. Prints figures; asserts nothing. Load
 averages are printed: on a shared machine rerun quietly before quoting.
 """
-import argparse, asyncio, json, os, random, socket, subprocess, sys, threading, time
+import argparse, asyncio, json, os, random, socket, subprocess, sys, time
 from pathlib import Path
-import httpx, torch
+import aiohttp, httpx, psutil, torch
 import pyarrow.parquet as pq
 from codecomplete.batching import Engine, Job, KVBatch, Metrics, Scheduler, prefill
 from codecomplete.complete import complete, load_model, make_prompt, prompt_room
@@ -42,9 +43,9 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))] if xs else float("nan")
 
 
-def report(label: str, lat: list[float], ttft: list[float], tokens: int, wall: float):
+def report(label: str, lat: list[float], ttft: list[float], tokens: int, wall: float, cpu: str = ""):
     print(f"{label:<48} n={len(lat):3d}  p50 {1000 * pct(lat, .5):6.0f} ms  p95 {1000 * pct(lat, .95):6.0f} ms  "
-          f"TTFT p50 {1000 * pct(ttft, .5):6.0f} ms  {len(lat) / wall:6.2f} req/s  {tokens / wall:7.1f} tok/s  (load {os.getloadavg()[0]:.1f})", flush=True)
+          f"TTFT p50 {1000 * pct(ttft, .5):6.0f} ms  {len(lat) / wall:6.2f} req/s  {tokens / wall:7.1f} tok/s  (load {os.getloadavg()[0]:.1f})" + (f"  {cpu}" if cpu else ""), flush=True)
 
 
 def free_port() -> int:
@@ -70,33 +71,42 @@ def warm(url: str, model: str):
     httpx.post(url + "/v1/completions", json=dict(model=model, prompt="import os\n", max_tokens=4, temperature=0), timeout=600)
 
 
-def closed_loop(url: str, model: str, reqs, clients: int, max_tokens: int, seconds: float, tok, fim: bool):
-    "Latencies, TTFTs and output tokens of `clients` threads sending streamed requests back to back."
-    lat, ttft, tokens, lock, todo = [], [], [0], threading.Lock(), list(reqs)
+async def _clients(url: str, model: str, reqs, clients: int, max_tokens: int, seconds: float, fim: bool):
+    "Latencies, TTFTs, answer texts and wall seconds of `clients` asyncio clients sending streamed requests back to back."
+    lat, ttft, texts, todo = [], [], [], list(reqs)
     end_by = time.monotonic() + seconds
-    def client():
-        with httpx.Client(timeout=120) as http:
-            while time.monotonic() < end_by:
-                with lock:
-                    if not todo: return
-                    prefix, suffix = todo.pop()
-                body = dict(model=model, prompt=prefix, max_tokens=max_tokens, temperature=0, stream=True, **(dict(suffix=suffix, stop=["\n"]) if fim else {}))
-                t0, first, text = time.perf_counter(), None, []
-                with http.stream("POST", url + "/v1/completions", json=body) as r:
-                    for line in r.iter_lines():
-                        if not line.startswith("data: "): continue
-                        first = first or time.perf_counter()
-                        if line == "data: [DONE]": break
-                        choice = (json.loads(line[6:]).get("choices") or [{}])[0]
-                        text.append(choice.get("text") or "")
-                done = time.perf_counter()
-                with lock:
-                    lat.append(done - t0); ttft.append((first or done) - t0); tokens[0] += len(tok("".join(text))["input_ids"])
-    t = time.perf_counter()
-    threads = [threading.Thread(target=client) for _ in range(clients)]
-    for th in threads: th.start()
-    for th in threads: th.join()
-    return lat, ttft, tokens[0], time.perf_counter() - t
+    async def client(http: aiohttp.ClientSession):
+        while todo and time.monotonic() < end_by:
+            prefix, suffix = todo.pop()
+            body = dict(model=model, prompt=prefix, max_tokens=max_tokens, temperature=0, stream=True, **(dict(suffix=suffix, stop=["\n"]) if fim else {}))
+            t0, first, text = time.perf_counter(), None, []
+            async with http.post(url + "/v1/completions", json=body) as r:
+                async for raw in r.content:
+                    line = raw.decode().rstrip("\r\n")
+                    if not line.startswith("data: "): continue
+                    first = first or time.perf_counter()
+                    if line == "data: [DONE]": break
+                    choice = (json.loads(line[6:]).get("choices") or [{}])[0]
+                    text.append(choice.get("text") or "")
+            done = time.perf_counter()
+            lat.append(done - t0); ttft.append((first or done) - t0); texts.append("".join(text))
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120), connector=aiohttp.TCPConnector(limit=clients)) as http:
+        t = time.perf_counter()
+        await asyncio.gather(*(client(http) for _ in range(clients)))
+        return lat, ttft, texts, time.perf_counter() - t
+
+
+def closed_loop(url: str, model: str, reqs, clients: int, max_tokens: int, seconds: float, tok, fim: bool, server: subprocess.Popen):
+    """Latencies, TTFTs, output tokens and wall seconds of one level, and where the machine's CPU went in it.
+    The clients are asyncio tasks on one thread (aiohttp, as vLLM's serving benchmark): threads fighting for the GIL
+    took twice the CPU per request at 16 clients, CPU the server under test then lacked."""
+    procs = [psutil.Process(server.pid), *psutil.Process(server.pid).children(recursive=True)]
+    def used(): return sum(sum(p.cpu_times()[:2]) for p in procs), sum(psutil.Process().cpu_times()[:2]), psutil.cpu_times().idle
+    before = used()
+    lat, ttft, texts, wall = asyncio.run(_clients(url, model, reqs, clients, max_tokens, seconds, fim))
+    server_s, client_s, idle_s = (b - a for a, b in zip(before, used()))
+    cpu = f"CPU per request: server {1000 * server_s / max(1, len(lat)):.0f} ms, clients {1000 * client_s / max(1, len(lat)):.0f} ms; idle {100 * idle_s / (wall * psutil.cpu_count()):.0f}%"
+    return lat, ttft, sum(len(tok(t)["input_ids"]) for t in texts), wall, cpu
 
 
 def engine_texts(model, tok, prompts, max_tokens: int, threads: int) -> tuple[list[str], int, float]:
@@ -207,8 +217,8 @@ def main():
             for _ in range(workers * 4): warm(url, model_dir.name)
             for fim in (True, False):
                 for c in args.clients:
-                    lat, ttft, tokens, wall = closed_loop(url, model_dir.name, reqs, c, args.max_tokens, args.seconds, tok, fim)
-                    report(f"codecomplete serve, {workers} worker(s), {c:2d} clients, {'FIM' if fim else 'L2R'}", lat, ttft, tokens, wall)
+                    lat, ttft, tokens, wall, cpu = closed_loop(url, model_dir.name, reqs, c, args.max_tokens, args.seconds, tok, fim, ours)
+                    report(f"codecomplete serve, {workers} worker(s), {c:2d} clients, {'FIM' if fim else 'L2R'}", lat, ttft, tokens, wall, cpu)
                     one_client.setdefault((fim, workers), tokens / wall)
                     if c == max(args.clients) > 1:
                         print(f"  {c} clients / 1 client, tok/s: {tokens / wall / one_client[fim, workers]:.2f}x", flush=True)
@@ -223,7 +233,7 @@ def main():
     try:
         warm(url, str(model_dir))
         for c in args.clients:
-            report(f"transformers serve --continuous-batching, {c:2d} clients, L2R", *closed_loop(url, str(model_dir), reqs, c, args.max_tokens, args.seconds, tok, False))
+            report(f"transformers serve --continuous-batching, {c:2d} clients, L2R", *closed_loop(url, str(model_dir), reqs, c, args.max_tokens, args.seconds, tok, False, theirs))
     finally: theirs.terminate(); theirs.wait(60)
 
 

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06b_serve.ipynb #f4fc71eb
 from __future__ import annotations
-import asyncio, hmac, json, multiprocessing, multiprocessing.connection, os, re, shutil, signal, socket, sys, tempfile, threading, time, uuid
+import asyncio, functools, hmac, json, math, multiprocessing, os, re, selectors, shutil, signal, socket, sys, tempfile, threading, time, uuid
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -47,9 +47,9 @@ class ServeConfig:
             if getattr(self, name) < (0 if name in ("port", "threads") else 1e-9) or name == "port" and self.port > 65535:
                 raise ConfigError(f"{name}={getattr(self, name)} is out of range; pick a positive value" + (" up to 65535" if name == "port" else ""))
 
-    @property
+    @functools.cached_property
     def name(self) -> str:
-        "The model id the server answers to."
+        "The model id the server answers to (resolved once: every request checks it)."
         return self.model_name or Path(self.model).resolve().name
 
 # %% ../nbs/06b_serve.ipynb #318368c2
@@ -372,76 +372,125 @@ def make_app(cfg: ServeConfig) -> FastAPI:
 
 # %% ../nbs/06b_serve.ipynb #9b400ead
 class _Uvicorn(uvicorn.Server):
-    "uvicorn's server, marking the app draining when it is told to exit."
-    def __init__(self, config: uvicorn.Config, state: _State):
-        super().__init__(config); self.state = state
+    "uvicorn's server, marking the app draining when it is told to exit; with a `channel`, serving the connections a parent hands over it."
+    def __init__(self, config: uvicorn.Config, state: _State, channel: socket.socket | None = None):
+        super().__init__(config); self.state, self.channel = state, channel
 
     def handle_exit(self, sig, frame):
         self.state.draining = True
         super().handle_exit(sig, frame)
 
-def _serve_one(cfg: ServeConfig, sock: socket.socket | None = None):
-    "One server process: the app on uvicorn (on `sock`, or binding `cfg.host:cfg.port`) until SIGTERM; a model that cannot load is a `ConfigError`."
+    async def startup(self, sockets=None):
+        await super().startup(sockets)
+        if self.channel is None: return
+        channel = self.channel
+        class Counted(self.config.http_protocol_class):
+            def connection_lost(self, exc):  # tell the parent, which counts each worker's open connections
+                super().connection_lost(exc)
+                try: channel.send(b".")
+                except OSError: pass  # the parent is gone: the channel's end of file stops this worker
+        self.protocol = lambda: Counted(config=self.config, server_state=self.server_state, app_state=self.lifespan.state)
+        channel.setblocking(False)
+        asyncio.get_running_loop().add_reader(channel, self.take)
+
+    def take(self):
+        "Serve the next connection the parent handed over; the parent gone (end of file) stops this worker as SIGTERM does."
+        try: data, fds, _, _ = socket.recv_fds(self.channel, 1, 1)
+        except BlockingIOError: return
+        except OSError: data, fds = b"", []
+        loop = asyncio.get_running_loop()
+        if not data: loop.remove_reader(self.channel); self.handle_exit(signal.SIGTERM, None); return
+        for fd in fds: loop.create_task(loop.connect_accepted_socket(self.protocol, socket.socket(fileno=fd)))
+
+def _serve_one(cfg: ServeConfig, channel: socket.socket | None = None):
+    "One server process: the app on uvicorn (binding `cfg.host:cfg.port`, or serving what arrives on `channel`) until SIGTERM; a model that cannot load is a `ConfigError`."
     app = make_app(cfg)
     state = app.state.serve
-    server = _Uvicorn(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", timeout_graceful_shutdown=cfg.drain_seconds), state)
+    server = _Uvicorn(uvicorn.Config(app, host=cfg.host, port=cfg.port, log_level="warning", timeout_graceful_shutdown=cfg.drain_seconds), state, channel)
     def announce():
         while not state.ready and state.error is None and not server.should_exit: time.sleep(0.05)
         if state.error is not None: server.should_exit = True
         elif state.ready:
             print(f"codecomplete serve: {cfg.name} ready on http://{cfg.host}:{cfg.port}/v1 (POST /v1/completions, /infill; pid {os.getpid()})", file=sys.stderr, flush=True)
     threading.Thread(target=announce, name="codecomplete-announce", daemon=True).start()
-    server.run(None if sock is None else [sock])
+    server.run(None if channel is None else [])
     if state.error is not None: raise ConfigError(f"cannot serve {cfg.model}: {type(state.error).__name__}: {state.error}")
 
-def _listener(host: str, port: int, reuse_port: bool) -> socket.socket:
-    "A listening TCP socket on `host:port`; with `reuse_port`, one of a group that the kernel spreads connections over."
+def _listener(host: str, port: int) -> socket.socket:
+    "A listening, non-blocking TCP socket on `host:port`, or a clear error when it is taken."
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    if reuse_port: sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try: sock.bind((host, port))
     except OSError as e: sock.close(); raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror}; pick a free --port or stop what holds it") from None
-    sock.listen(2048); sock.set_inheritable(True)
+    sock.listen(2048); sock.setblocking(False)
     return sock
 
-def _worker(cfg: ServeConfig, parent: int):
-    "A worker process of `serve`: its own listener in the port's group, ended when its parent goes."
+def _worker(cfg: ServeConfig, channel: socket.socket):
+    "A worker process of `serve`: it serves the connections its parent hands over `channel`, and stops when the parent goes."
     os.setpgrp()  # Ctrl-C in a terminal reaches the parent, which forwards it once
-    def orphaned():
-        while os.getppid() == parent: time.sleep(1)
-        os.kill(os.getpid(), signal.SIGTERM)
-    threading.Thread(target=orphaned, name="codecomplete-orphaned", daemon=True).start()
-    try: _serve_one(cfg, _listener(cfg.host, cfg.port, reuse_port=True))
+    try: _serve_one(cfg, channel)
     except ConfigError as e: print(f"codecomplete serve: error: {e}", file=sys.stderr, flush=True); sys.exit(2)
 
+class _Dispatcher:
+    "The parent's side of the workers: it accepts each connection and hands it to the worker serving the fewest (ties in turn)."
+    def __init__(self, listener: socket.socket, channels: list[socket.socket]):
+        self.listener, self.channels, self.serving, self.turn = listener, channels, [0.0] * len(channels), -1  # serving: open connections
+
+    def accept(self):
+        "Hand over every waiting connection; a worker that cannot take one is out (`inf`), and that client sees its connection close."
+        while True:
+            try: conn, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError): return
+            with conn:
+                n = len(self.channels)
+                i = self.turn = min(range(n), key=lambda k: (self.serving[k], (k - self.turn - 1) % n))
+                try: socket.send_fds(self.channels[i], [b"c"], [conn.fileno()]); self.serving[i] += 1
+                except OSError: self.serving[i] = math.inf
+
+    def heard(self, i: int):
+        "Worker `i` wrote on its channel: one byte per connection it closed, or end of file when it is gone."
+        try: closed = len(self.channels[i].recv(4096))
+        except OSError: closed = 0
+        self.serving[i] = self.serving[i] - closed if closed else math.inf
+        return closed
+
 def _serve_workers(cfg: ServeConfig):
-    "`cfg.workers` processes of `_serve_one` on one port; SIGTERM and Ctrl-C are forwarded to them once, then awaited."
+    "`cfg.workers` processes of `_serve_one` on one port: this one accepts and hands each connection to the worker serving the fewest; SIGTERM and Ctrl-C are forwarded once, then awaited."
     if cfg.device not in (None, "cpu") or cfg.device is None and torch.cuda.is_available():
         raise ConfigError(f"--workers {cfg.workers} is for CPUs: one process owns a GPU and batches for it; serve on the GPU with --workers 1")
-    probe = _listener(cfg.host, cfg.port, reuse_port=False)  # fails at once if the port is taken, and picks a free one for port 0
-    cfg = replace(cfg, port=probe.getsockname()[1]); probe.close()
+    listener = _listener(cfg.host, cfg.port)  # fails at once if the port is taken; port 0 picks a free one
+    cfg = replace(cfg, port=listener.getsockname()[1])
     metrics_dir = tempfile.mkdtemp(prefix="codecomplete-metrics-")
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir
     received = []
     handlers = {sig: signal.signal(sig, lambda sig, frame: received.append(sig)) for sig in (signal.SIGTERM, signal.SIGINT)}
-    spawn = multiprocessing.get_context("spawn")
-    workers = [spawn.Process(target=_worker, args=(cfg, os.getpid()), name=f"codecomplete-worker-{i}") for i in range(cfg.workers)]
+    spawn, pairs = multiprocessing.get_context("spawn"), [socket.socketpair() for _ in range(cfg.workers)]
+    workers = [spawn.Process(target=_worker, args=(cfg, theirs), name=f"codecomplete-worker-{i}") for i, (_, theirs) in enumerate(pairs)]
+    dispatch, watch = _Dispatcher(listener, [ours for ours, _ in pairs]), selectors.DefaultSelector()
+    watch.register(listener, selectors.EVENT_READ)
+    for i, ours in enumerate(dispatch.channels): watch.register(ours, selectors.EVENT_READ, i)
     try:
         for w in workers: w.start()
+        for _, theirs in pairs: theirs.close()
         forwarded, first_out = False, None  # first_out: the worker that ended on its own, if one did before any signal
         while any(w.is_alive() for w in workers):
             if first_out is None and not received: first_out = next((w for w in workers if w.exitcode is not None), None)
             if (received or first_out) and not forwarded:
+                watch.unregister(listener); listener.close()  # new connections are refused while the workers drain
                 for w in workers:
                     if w.is_alive(): os.kill(w.pid, signal.SIGTERM)
                 forwarded = True
-            multiprocessing.connection.wait([w.sentinel for w in workers if w.is_alive()], timeout=0.2)
+            for key, _ in watch.select(timeout=0.2):
+                if key.fileobj is listener: dispatch.accept()
+                elif not dispatch.heard(key.data): watch.unregister(key.fileobj)  # that worker is gone
     finally:
         for w in workers:
             if w.is_alive(): w.kill()
             w.join()
             if w.pid: multiprocess.mark_process_dead(w.pid)
         for sig, handler in handlers.items(): signal.signal(sig, handler)
+        listener.close(); watch.close()
+        for ours in dispatch.channels: ours.close()
         shutil.rmtree(metrics_dir, ignore_errors=True); os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
     if not received:
         how = f"was killed by signal {-first_out.exitcode}" if first_out.exitcode < 0 else f"exited with status {first_out.exitcode} (its error is above)"

@@ -79,10 +79,12 @@ def backend(tok) -> Tokenizer:
     return getattr(tok, "backend_tokenizer", tok)
 
 def encode_texts(tok, texts: list[str]) -> list[list[int]]:
-    "Token ids of each text on all cores, with special-token spellings encoded as plain text and no specials added."
+    "Token ids of each text on all cores (one text on the calling thread), with special-token spellings encoded as plain text and no specials added."
     bpe = backend(tok)
     matching, bpe.encode_special_tokens = bpe.encode_special_tokens, True
-    try: return [e.ids for e in bpe.encode_batch(texts, add_special_tokens=False)]
+    try:  # a single text (a server's prompt) skips the thread pool: waking it costs more than the encoding
+        if len(texts) == 1: return [bpe.encode(texts[0], add_special_tokens=False).ids]
+        return [e.ids for e in bpe.encode_batch(texts, add_special_tokens=False)]
     finally: bpe.encode_special_tokens = matching
 
 # %% ../nbs/02_tokenizer.ipynb #a387b68b

@@ -1,7 +1,8 @@
 """The completion server over a real socket on 127.0.0.1: the openai client with suffix (streaming and not) equals
 complete(), Continue's raw template equals suffix, llama.vim's /infill, cancellation on disconnect, the full queue,
 auth, every bad input a 4xx, SIGTERM drains, and the light commands never import torch."""
-import concurrent.futures, json, os, signal, socket, subprocess, sys, threading, time
+import concurrent.futures, http.client, json, os, signal, socket, subprocess, sys, threading, time
+from collections import Counter
 from pathlib import Path
 import httpx, openai, psutil, pytest, torch
 from prometheus_client.parser import text_string_to_metric_families
@@ -216,7 +217,7 @@ def test_sigterm_drains_in_flight_and_refuses_new(model_dir, workers):
 
 
 def every_worker_up(s: Server, workers: int) -> set[int]:
-    "The pids of `s`'s workers, once each has answered /health with 200 (a new connection per probe: the kernel spreads them)."
+    "The pids of `s`'s workers, once each has answered /health with 200 (a new connection per probe: the parent takes turns on ties)."
     seen, deadline = set(), time.monotonic() + 300
     while len(seen) < workers:
         assert time.monotonic() < deadline, f"only workers {seen} came up"
@@ -239,6 +240,29 @@ def test_workers_share_the_port_and_sum_their_metrics(model_dir):
         for prefix, answer in zip(prompts[:4], answers[:4]): assert answer["choices"][0]["text"] == ours(model_dir, prefix, max_new_tokens=6)
         total = sum(a["usage"]["completion_tokens"] for a in answers)
         assert {s.metrics()["codecomplete_generated_tokens_total"] for _ in range(8)} == {total}  # whichever worker answers
+    finally: s.stop()
+
+
+def test_workers_get_connections_least_served_first_and_end_with_their_parent(model_dir):
+    "The parent hands each new connection to the worker holding the fewest: 6 kept-alive connections split 3/3, and after two of one worker's close,"
+    " the next two go to it. Killed outright, the parent takes no worker with it: each sees its channel end and exits."
+    s = Server(model_dir, "--workers", "2")
+    try:
+        every_worker_up(s, 2)
+        time.sleep(1)  # the probes' closes reach the parent
+        def connect():
+            c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=60)
+            c.request("GET", "/health")
+            return c, json.loads(c.getresponse().read())["worker"]
+        held = [connect() for _ in range(6)]
+        assert sorted(Counter(w for _, w in held).values()) == [3, 3], held
+        first = held[0][1]
+        for c, _ in [h for h in held if h[1] == first][:2]: c.close()
+        time.sleep(1)
+        assert [connect()[1] for _ in range(2)] == [first, first]
+        workers = [p for p in psutil.Process(s.proc.pid).children() if p.pid in {w for _, w in held}]
+        s.proc.kill()
+        assert len(workers) == 2 and not psutil.wait_procs(workers, timeout=60)[1]
     finally: s.stop()
 
 
