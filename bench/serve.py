@@ -11,7 +11,8 @@ without stop, so every server does the same work (up to --max-tokens, or an end 
 stop, transformers serve's answers averaged 31 tokens against our 13.5, so it did not stop where we did.
 Every client sends its next request when its last one ends (closed loop); the clients are asyncio tasks on one thread
 (aiohttp), and each level is bounded by --requests and --seconds. Each level also prints the CPU per request of the
-server's processes and of the clients, and the share of the machine left idle: the clients run on the same cores. Our server runs twice: with 1 worker, and with --workers (default: the cores / --threads), after every
+server's processes and of the clients, and the shares of the machine left idle and stolen by a virtual machine's host:
+the clients run on the same cores, and a host that steals slows every figure of that level. Our server runs twice: with 1 worker, and with --workers (default: the cores / --threads), after every
 worker answered /health and had a few warm-up requests. Requests stream, so time to first token is where the first event arrives. tok/s counts every path's
 answers re-encoded with the model's tokenizer, so all rows count the same way. Prints figures; asserts nothing. Load
 averages are printed: on a shared machine rerun quietly before quoting.
@@ -101,11 +102,15 @@ def closed_loop(url: str, model: str, reqs, clients: int, max_tokens: int, secon
     The clients are asyncio tasks on one thread (aiohttp, as vLLM's serving benchmark): threads fighting for the GIL
     took twice the CPU per request at 16 clients, CPU the server under test then lacked."""
     procs = [psutil.Process(server.pid), *psutil.Process(server.pid).children(recursive=True)]
-    def used(): return sum(sum(p.cpu_times()[:2]) for p in procs), sum(psutil.Process().cpu_times()[:2]), psutil.cpu_times().idle
+    def used():
+        machine = psutil.cpu_times()
+        return sum(sum(p.cpu_times()[:2]) for p in procs), sum(psutil.Process().cpu_times()[:2]), machine.idle, machine.steal
     before = used()
     lat, ttft, texts, wall = asyncio.run(_clients(url, model, reqs, clients, max_tokens, seconds, fim))
-    server_s, client_s, idle_s = (b - a for a, b in zip(before, used()))
-    cpu = f"CPU per request: server {1000 * server_s / max(1, len(lat)):.0f} ms, clients {1000 * client_s / max(1, len(lat)):.0f} ms; idle {100 * idle_s / (wall * psutil.cpu_count()):.0f}%"
+    server_s, client_s, idle_s, steal_s = (b - a for a, b in zip(before, used()))
+    n, cores = max(1, len(lat)), wall * psutil.cpu_count()
+    cpu = (f"CPU per request: server {1000 * server_s / n:.0f} ms, clients {1000 * client_s / n:.0f} ms; "
+           f"idle {100 * idle_s / cores:.0f}%, stolen by the host {100 * steal_s / cores:.0f}%")
     return lat, ttft, sum(len(tok(t)["input_ids"]) for t in texts), wall, cpu
 
 
